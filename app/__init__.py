@@ -1,0 +1,1 @@
+"""The Textual chat for RxT models (installed as ``rxt_app``)."""

@@ -1,0 +1,1 @@
+"""RxT PyTorch reference, checkpoint conversion and training (installed as ``rxt_convert``)."""

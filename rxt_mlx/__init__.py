@@ -1,0 +1,1 @@
+"""RxT (Reactive Transformer) inference on MLX."""
