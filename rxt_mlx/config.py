@@ -271,9 +271,7 @@ class MemoryAttentionConfig:
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
         if self.norm_type != "classic-rms":
-            raise ConfigError(
-                f"{where}: memory norm_type {self.norm_type!r} is not supported (only 'classic-rms')"
-            )
+            raise ConfigError(f"{where}: memory norm_type {self.norm_type!r} is not supported (only 'classic-rms')")
         if self.residual_gate_type not in RESIDUAL_GATE_TYPES:
             raise ConfigError(
                 f"{where}: residual_gate_type {self.residual_gate_type!r} is not one of {RESIDUAL_GATE_TYPES}"
@@ -436,6 +434,5 @@ class RxTConfig:
             )
         if self.decoder.stm_size != self.memory_attention.stm_size:
             raise ConfigError(
-                f"stm_size differs: decoder {self.decoder.stm_size}, "
-                f"memory attention {self.memory_attention.stm_size}"
+                f"stm_size differs: decoder {self.decoder.stm_size}, memory attention {self.memory_attention.stm_size}"
             )
