@@ -1,0 +1,234 @@
+"""Turn a checkpoint's tensors into the canonical rxlm state (see the interface contract).
+
+Canonical state: a flat dict of full-model rxlm key -> numpy array, with the vectorized MoE
+layout (``w1 (E, D, 2F)``, ``w2 (E, F, D)``, ``b1``, ``b2``), no RoPE or STM buffers, and the
+shared embedding once as ``decoder.model.embedding.weight``.
+
+The work is split in two so bad checkpoints fail before any data is read: :func:`plan`
+decides, from names and shapes only, where every canonical tensor comes from; :func:`check`
+compares the plan with the layout the reference model expects; :func:`materialize` then
+loads and converts the data.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rxt_mlx.config import RxTConfig
+
+from .sources import TensorStore
+
+EMBEDDING = "decoder.model.embedding.weight"
+ENCODER_EMBEDDING = "encoder.model.embedding.weight"
+# Buffers rxlm saves that inference rebuilds: RoPE tables and the STM (any batch size).
+DROPPED_BUFFER = re.compile(r"(^|\.)(rope\.inv_freq|rope\.cache|stm\.memory)$")
+LEGACY_EXPERT = re.compile(
+    r"^(?P<ff>.+\.ff)\.experts\.(?P<expert>\d+)\.(?P<part>fc1\.linear|fc2)\.(?P<kind>weight|bias)$"
+)
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": None}
+PROGRESS_BYTES = 256 * 2**20
+
+
+class CanonicalError(ValueError):
+    """The checkpoint's tensors do not fit the model its config describes."""
+
+
+@dataclass
+class PlannedTensor:
+    """One canonical tensor: the stored tensors it is built from and how."""
+
+    sources: tuple[str, ...]
+    shape: tuple[int, ...]
+    build: Callable[[list[torch.Tensor]], torch.Tensor]
+
+
+def _identity(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0]
+
+
+def _stack_transposed(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([tensor.t() for tensor in tensors])
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(tensors)
+
+
+def uses_legacy_moe(keys) -> dict[str, bool]:
+    """Which components (``decoder``/``encoder``) store MoE experts in the legacy ModuleList layout."""
+    found = {"decoder": False, "encoder": False}
+    for key in keys:
+        if LEGACY_EXPERT.match(key) and key.split(".", 1)[0] in found:
+            found[key.split(".", 1)[0]] = True
+    return found
+
+
+def adapt_config_for_legacy_moe(config: dict[str, Any], keys) -> list[str]:
+    """Rewrite component configs whose experts are stored the legacy way.
+
+    Legacy (pre-0.3.10) experts carry their own biases, so after stacking them the model is a
+    vectorized MoE with ``moe_bias_mode='local'``. Returns a note per changed component.
+    """
+    notes = []
+    for component, legacy in uses_legacy_moe(keys).items():
+        section = config.get(f"{component}_config")
+        if not legacy or not isinstance(section, dict):
+            continue
+        section["use_vectorized_moe"] = True
+        section["moe_bias_mode"] = "local"
+        notes.append(f"{component}: legacy expert list stacked to vectorized MoE (moe_bias_mode set to 'local')")
+    return notes
+
+
+def plan(store: TensorStore) -> dict[str, PlannedTensor]:
+    """Map every canonical key to the stored tensor(s) it comes from, using names and shapes only."""
+    planned: dict[str, PlannedTensor] = {}
+    experts: dict[str, dict[tuple[str, str], dict[int, str]]] = {}
+    for key in store:
+        if DROPPED_BUFFER.search(key) or key == ENCODER_EMBEDDING:
+            continue
+        match = LEGACY_EXPERT.match(key)
+        if match:
+            parts = experts.setdefault(match["ff"], {})
+            parts.setdefault((match["part"], match["kind"]), {})[int(match["expert"])] = key
+            continue
+        planned[key] = PlannedTensor((key,), store.info(key).shape, _identity)
+    _plan_embedding(store, planned)
+    for ff, parts in experts.items():
+        planned.update(_plan_legacy_experts(store, ff, parts))
+    return planned
+
+
+def _plan_embedding(store: TensorStore, planned: dict[str, PlannedTensor]) -> None:
+    present = [key for key in (EMBEDDING, ENCODER_EMBEDDING) if key in store]
+    if not present:
+        return
+    shapes = {key: store.info(key).shape for key in present}
+    if len(set(shapes.values())) > 1:
+        raise CanonicalError(f"shared embedding: shapes differ between {shapes}")
+    # Both present: they must be the same table (checked on the data in materialize).
+    planned[EMBEDDING] = PlannedTensor(tuple(present), shapes[present[0]], _identity)
+
+
+def _plan_legacy_experts(store: TensorStore, ff: str, parts: dict[tuple[str, str], dict[int, str]]):
+    counts = {part: sorted(indices) for part, indices in parts.items()}
+    num_experts = max(len(indices) for indices in counts.values())
+    for (part, kind), indices in counts.items():
+        if indices != list(range(num_experts)):
+            missing = sorted(set(range(num_experts)) - set(indices))
+            raise CanonicalError(
+                f"legacy MoE {ff}: {part}.{kind} missing for expert(s) {missing} "
+                f"(e.g. {ff}.experts.{missing[0]}.{part}.{kind})"
+            )
+    for needed in (("fc1.linear", "weight"), ("fc1.linear", "bias"), ("fc2", "weight"), ("fc2", "bias")):
+        if needed not in parts:
+            raise CanonicalError(f"legacy MoE {ff}: missing {ff}.experts.0.{needed[0]}.{needed[1]}")
+    layout = {
+        "w1": (("fc1.linear", "weight"), _stack_transposed),
+        "b1": (("fc1.linear", "bias"), _stack),
+        "w2": (("fc2", "weight"), _stack_transposed),
+        "b2": (("fc2", "bias"), _stack),
+    }
+    result = {}
+    for name, (part, build) in layout.items():
+        keys = tuple(parts[part][expert] for expert in range(num_experts))
+        shapes = {store.info(key).shape for key in keys}
+        if len(shapes) != 1:
+            raise CanonicalError(f"legacy MoE {ff}: experts' {part[0]}.{part[1]} shapes differ: {sorted(shapes)}")
+        shape = shapes.pop()
+        stacked = (num_experts, *reversed(shape)) if build is _stack_transposed else (num_experts, *shape)
+        result[f"{ff}.{name}"] = PlannedTensor(keys, stacked, build)
+    return result
+
+
+def expected_shapes(config: RxTConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical key -> shape of the reference model built from ``config`` (on the meta device, no memory)."""
+    from rxt_convert.reference import RxTReference
+
+    with torch.device("meta"):
+        reference = RxTReference(config)
+    return {
+        key: tuple(tensor.shape)
+        for key, tensor in reference.state_dict().items()
+        if not DROPPED_BUFFER.search(key) and key != ENCODER_EMBEDDING
+    }
+
+
+def check(planned: dict[str, PlannedTensor], expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise :class:`CanonicalError` listing missing, unexpected and mis-shaped weights."""
+    problems = []
+    missing = sorted(set(expected) - set(planned))
+    if missing:
+        hint = " (the embedding may be stored as encoder.model.embedding.weight)" if EMBEDDING in missing else ""
+        problems.append(f"missing weight(s): {_listing(missing)}{hint}")
+    unexpected = sorted(set(planned) - set(expected))
+    if unexpected:
+        sources = [", ".join(planned[key].sources[:1]) for key in unexpected]
+        problems.append(f"unexpected weight(s) the config does not use: {_listing(sources)}")
+    for key in sorted(set(planned) & set(expected)):
+        if tuple(planned[key].shape) != tuple(expected[key]):
+            problems.append(
+                f"shape mismatch for {planned[key].sources[0]}: expected {list(expected[key])}, "
+                f"got {list(planned[key].shape)}"
+            )
+    if problems:
+        raise CanonicalError("checkpoint does not match its config:\n  " + "\n  ".join(problems))
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def source_dtype(store: TensorStore, planned: dict[str, PlannedTensor]) -> str:
+    """The floating dtype holding most parameters, as an output dtype name (float64 -> float32)."""
+    counts: dict[torch.dtype, int] = {}
+    for entry in planned.values():
+        for key in entry.sources[:1]:
+            info = store.info(key)
+            counts[info.dtype] = counts.get(info.dtype, 0) + int(np.prod(info.shape)) * len(entry.sources)
+    floating = {dtype: count for dtype, count in counts.items() if dtype.is_floating_point}
+    if not floating:
+        return "float32"
+    dominant = max(floating, key=floating.get)
+    return {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dominant, "float32")
+
+
+def materialize(
+    store: TensorStore, planned: dict[str, PlannedTensor], dtype: str, progress: bool | None = None
+) -> dict[str, np.ndarray]:
+    """Load and convert the planned tensors.
+
+    Arrays come back as numpy ``dtype``; for ``bfloat16`` (which numpy lacks) they stay float32
+    and the caller casts them in MLX. bf16 sources go through torch to float32 first.
+    """
+    if dtype not in DTYPES:
+        raise CanonicalError(f"unsupported output dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+    target = DTYPES[dtype] or np.float32
+    if progress is None:
+        progress = store.nbytes >= PROGRESS_BYTES and sys.stderr.isatty()
+    canonical = {}
+    for key, entry in tqdm(planned.items(), desc="converting", unit="tensor", disable=not progress):
+        tensors = [store.load(source) for source in entry.sources]
+        if key == EMBEDDING and len(tensors) == 2 and not torch.equal(tensors[0], tensors[1]):
+            raise CanonicalError(
+                f"{EMBEDDING} and {ENCODER_EMBEDDING} are both stored and differ "
+                f"(max abs diff {float((tensors[0].float() - tensors[1].float()).abs().max()):.3g}); "
+                "the shared embedding is ambiguous"
+            )
+        tensor = entry.build(tensors[:1] if key == EMBEDDING else tensors)
+        if not tensor.dtype.is_floating_point:
+            raise CanonicalError(f"{entry.sources[0]}: expected a floating-point weight, got {tensor.dtype}")
+        array = tensor.detach().to(torch.float32).numpy().astype(target, copy=False)
+        if target is np.float16 and not np.isfinite(array).all() and torch.isfinite(tensor).all():
+            raise CanonicalError(f"{entry.sources[0]}: values overflow float16; use --dtype bfloat16 or float32")
+        canonical[key] = array
+    return canonical

@@ -1,0 +1,288 @@
+"""rxt-convert: an rxlm / PyTorch RxT checkpoint to an MLX model folder.
+
+Reads a full-model rxlm folder, three per-component folders, or an ``rxt-train``
+checkpoint; checks every weight against the layout the config describes (missing,
+unexpected and mis-shaped weights are errors, never random init); writes ``config.json``,
+``model.safetensors`` and the tokenizer files into the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rxt_mlx.config import MEMORY_ATTENTION_VARIANTS, ConfigError, RxTConfig, TokenizerConfig
+
+from . import canonical
+from .sources import Source, SourceError, find_tokenizer, read_object, read_source, special_token_ids, tokenizer_files
+
+Q_BITS = (4, 8)
+Q_GROUP_SIZES = (32, 64, 128)
+
+DESCRIPTION = """\
+Convert an RxT checkpoint saved by rxlm (save_pretrained / push_to_hub layout) or by rxt-train
+to an MLX model folder for rxt-chat and rxt_mlx.load.
+
+Sources:
+  SRC is a full-model folder (config.json with decoder_config, encoder_config,
+  memory_attention_config, tokenizer_config, memory_attention_variant, plus model.safetensors,
+  sharded safetensors with an index, or pytorch_model.bin), a folder with decoder/, encoder/ and
+  memory_attention/ sub-folders, or an rxt-train checkpoint file (.pt).
+  Or give the three component folders with --decoder, --encoder and --memory-attention.
+
+RoPE tables and the saved STM are dropped (inference rebuilds them). Legacy MoE expert
+lists are stacked into the vectorized layout. The shared embedding is taken from whichever of
+the decoder/encoder copies is stored.
+"""
+
+EPILOG = """\
+Note on memory_attention_variant='interlayer': rxlm 0.3.65 and later build the self-interlayer
+network for that name (a bug). rxt-convert keeps the name, and rxt_mlx runs the true interlayer
+variant for it, the math of the paper and of rxlm before 0.3.65. Pass --variant self-interlayer
+for checkpoints trained with the buggy builder.
+"""
+
+
+class ConversionError(RuntimeError):
+    """The conversion cannot produce a correct model; the message says why."""
+
+
+@dataclass
+class Options:
+    """What to convert and how; built from the command line by :func:`main`."""
+
+    output: Path
+    source: Path | None = None
+    decoder: Path | None = None
+    encoder: Path | None = None
+    memory_attention: Path | None = None
+    variant: str | None = None
+    tokenizer: Path | None = None
+    tokenizer_config: str | None = None
+    dtype: str | None = None
+    quantize: bool = False
+    q_bits: int = 4
+    q_group_size: int = 64
+    overwrite: bool = False
+    progress: bool | None = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rxt-convert",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", nargs="?", type=Path, metavar="SRC", help="checkpoint folder or .pt file")
+    parser.add_argument("output", type=Path, metavar="OUT", help="output folder (must not exist, see --overwrite)")
+    components = parser.add_argument_group("per-component source (instead of SRC)")
+    components.add_argument("--decoder", type=Path, metavar="DIR", help="decoder folder (flat config + model.*)")
+    components.add_argument("--encoder", type=Path, metavar="DIR", help="encoder folder")
+    components.add_argument("--memory-attention", type=Path, metavar="DIR", help="memory-attention folder")
+    parser.add_argument(
+        "--variant",
+        choices=MEMORY_ATTENTION_VARIANTS,
+        help="memory-attention variant (default: from config.json, or inferred from the weight names; "
+        "'interlayer' means the true interlayer math, see below)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        metavar="DIR_OR_FILE",
+        help="tokenizer.json / tokenizer.model or its folder (default: look in the source folders)",
+    )
+    parser.add_argument(
+        "--tokenizer-config",
+        metavar="JSON",
+        help="special-token ids (bos/eos/query/answer_token_id ...): a JSON file or an inline JSON object "
+        "(default: config.json's tokenizer_config, else the tokenizer's [BOS]/[EOS]/[Q]/[A] tokens)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(canonical.DTYPES),
+        help="output weight dtype (default: the source's dtype: float32, float16 or bfloat16)",
+    )
+    quantization = parser.add_argument_group("quantization")
+    quantization.add_argument("-q", "--quantize", action="store_true", help="quantize linear and expert weights")
+    quantization.add_argument("--q-bits", type=int, choices=Q_BITS, default=None, help="bits per weight (default 4)")
+    quantization.add_argument(
+        "--q-group-size", type=int, choices=Q_GROUP_SIZES, default=None, help="quantization group size (default 64)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it is an existing rxt-mlx folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_options(argv: list[str] | None) -> Options:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.quantize and (args.q_bits is not None or args.q_group_size is not None):
+        parser.error("--q-bits/--q-group-size need -q/--quantize")
+    return Options(
+        output=args.output,
+        source=args.source,
+        decoder=args.decoder,
+        encoder=args.encoder,
+        memory_attention=args.memory_attention,
+        variant=args.variant,
+        tokenizer=args.tokenizer,
+        tokenizer_config=args.tokenizer_config,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        q_bits=args.q_bits or 4,
+        q_group_size=args.q_group_size or 64,
+        overwrite=args.overwrite,
+        progress=False if args.no_progress else None,
+    )
+
+
+def resolve_tokenizer(options: Options, source: Source) -> tuple[Path, dict[str, Any]]:
+    """The tokenizer location and the template ids for the output config."""
+    candidates = [options.tokenizer] if options.tokenizer else source.tokenizer_dirs
+    location = find_tokenizer(candidates)
+    if location is None:
+        where = ", ".join(str(path) for path in candidates)
+        raise ConversionError(
+            f"no tokenizer (tokenizer.json or tokenizer.model) found in {where}; pass --tokenizer DIR_OR_FILE"
+        )
+    if options.tokenizer_config is not None:
+        ids = _parse_tokenizer_config(options.tokenizer_config)
+    elif isinstance(source.config.get("tokenizer_config"), dict):
+        ids = source.config["tokenizer_config"]
+    else:
+        ids = special_token_ids(location)
+    try:
+        TokenizerConfig.from_dict(ids)
+    except ConfigError as error:
+        raise ConversionError(
+            f"template token ids: {error} (pass --tokenizer-config with bos/eos/query/answer_token_id)"
+        ) from None
+    return location, ids
+
+
+def _parse_tokenizer_config(value: str) -> dict[str, Any]:
+    if value.lstrip().startswith("{"):
+        try:
+            ids = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ConversionError(f"--tokenizer-config: not valid JSON ({error})") from None
+    else:
+        ids = read_object(Path(value), "--tokenizer-config")
+    if isinstance(ids.get("tokenizer_config"), dict):
+        ids = ids["tokenizer_config"]
+    return ids
+
+
+def prepare_output(output: Path, overwrite: bool) -> None:
+    if not output.exists():
+        return
+    if not overwrite:
+        raise ConversionError(f"{output} already exists; pass --overwrite to replace it")
+    config = output / "config.json"
+    is_ours = config.is_file() and _is_rxt_mlx_config(config)
+    if not output.is_dir() or not (is_ours or not any(output.iterdir())):
+        raise ConversionError(f"{output} is not an rxt-mlx model folder; refusing to overwrite it")
+
+
+def _is_rxt_mlx_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("format") == "rxt-mlx"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def convert(options: Options, log=print) -> Path:
+    """Run one conversion; returns the output folder. Raises ConversionError and friends on bad input."""
+    prepare_output(options.output, options.overwrite)
+    source = read_source(
+        options.source,
+        decoder=options.decoder,
+        encoder=options.encoder,
+        memory_attention=options.memory_attention,
+        variant=options.variant,
+    )
+    log(f"reading {source.description}: {len(source.tensors)} tensors")
+    tokenizer_location, ids = resolve_tokenizer(options, source)
+    config_values = dict(source.config, tokenizer_config=ids)
+    for note in canonical.adapt_config_for_legacy_moe(config_values, source.tensors):
+        log(note)
+    config = RxTConfig.from_dict(config_values)
+    _check_interlayer_quirk(config, source)
+    planned = canonical.plan(source.tensors)
+    canonical.check(planned, canonical.expected_shapes(config))
+    dtype = options.dtype or canonical.source_dtype(source.tensors, planned)
+    weights = canonical.materialize(source.tensors, planned, dtype, options.progress)
+    log(f"{len(weights)} weights checked, output dtype {dtype}")
+    with tempfile.TemporaryDirectory(prefix=f".{options.output.name}.", dir=_parent(options.output)) as staging:
+        staging = Path(staging) / options.output.name
+        write_mlx_model(config, weights, dtype, options, staging)
+        for path in tokenizer_files(tokenizer_location):
+            shutil.copy2(path, staging / path.name)
+        if options.output.exists():
+            shutil.rmtree(options.output)
+        staging.rename(options.output)
+    log(f"wrote {options.output}")
+    return options.output
+
+
+def _check_interlayer_quirk(config: RxTConfig, source: Source) -> None:
+    gates = "memory_attention.model.interlayer_gate_layers."
+    if config.memory_attention_variant == "interlayer" and any(key.startswith(gates) for key in source.tensors):
+        raise ConversionError(
+            "memory_attention_variant is 'interlayer' but the checkpoint has interlayer_gate_layers weights: "
+            "rxlm >= 0.3.65 builds self-interlayer for 'interlayer'; pass --variant self-interlayer to convert "
+            "it with the math it was trained with"
+        )
+
+
+def _parent(output: Path) -> Path:
+    parent = output.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def write_mlx_model(config: RxTConfig, weights: dict, dtype: str, options: Options, folder: Path) -> None:
+    """Load ``weights`` strictly into an MLX RxT, quantize if asked, and save it to ``folder``."""
+    import mlx.core as mx
+    from rxt_mlx.model import RxT, quantize_model, save_model
+    from rxt_mlx.weights import load_weights, sanitize
+
+    target = getattr(mx, dtype)
+    model = RxT(config)
+    mlx_weights = {name: mx.array(value).astype(target) for name, value in sanitize(weights).items()}
+    weights.clear()
+    load_weights(model, mlx_weights)
+    del mlx_weights
+    if options.quantize:
+        quantize_model(model, options.q_bits, options.q_group_size)
+    folder.mkdir(parents=True)
+    save_model(model, folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rxt-convert``; returns 0, or exits with status 1 and a message naming the problem."""
+    options = parse_options(argv)
+    try:
+        convert(options)
+    except (ConversionError, SourceError, ConfigError, canonical.CanonicalError) as error:
+        print(f"rxt-convert: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as error:
+        from rxt_mlx.weights import WeightError
+
+        if not isinstance(error, WeightError):
+            raise
+        print(f"rxt-convert: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
