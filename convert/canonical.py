@@ -227,7 +227,8 @@ def materialize(
         tensor = entry.build(tensors[:1] if key == EMBEDDING else tensors)
         if not tensor.dtype.is_floating_point:
             raise CanonicalError(f"{entry.sources[0]}: expected a floating-point weight, got {tensor.dtype}")
-        array = tensor.detach().to(torch.float32).numpy().astype(target, copy=False)
+        with np.errstate(over="ignore"):  # overflow is reported below, with the key
+            array = tensor.detach().to(torch.float32).numpy().astype(target, copy=False)
         if target is np.float16 and not np.isfinite(array).all() and torch.isfinite(tensor).all():
             raise CanonicalError(f"{entry.sources[0]}: values overflow float16; use --dtype bfloat16 or float32")
         canonical[key] = array
