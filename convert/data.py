@@ -1,0 +1,470 @@
+"""Multi-turn dialogue data for training and evaluating RxT memory.
+
+Synthetic conversations: the user states facts about themselves (name, city, pet, job,
+favourite color and food, lucky number), chats about other things, and later asks about
+those facts. Every answer follows from what was said earlier in the same conversation, so
+a model can only answer recall questions from its short-term memory.
+
+Two splits come from disjoint pools: ``heldout`` uses entity values and query phrasings
+that never occur in ``train`` (values are assigned to a split by a stable hash, phrasing
+templates are listed per split). Generation is seeded and reproducible: the same
+``(split, seed, count)`` always gives the same conversations.
+
+Exact-match rule (used by ``rxt-eval``): a generated answer is correct when it equals the
+expected answer after :func:`normalize_answer` (surrounding whitespace stripped, runs of
+whitespace collapsed to one space); case and punctuation must match. The looser *entity
+match* asks that every entity value of the fact occurs in the answer as a whole word.
+
+User data: :func:`load_jsonl` reads one conversation per line,
+``{"turns": [{"query": ..., "answer": ...}, ...]}``; a turn may carry the recall fields
+``kind``, ``slot``, ``values`` and ``distance`` so user conversations can be evaluated too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SPLITS = ("train", "heldout")
+HELDOUT_FRACTION = 5  # one value in HELDOUT_FRACTION goes to the held-out split
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One interaction: the user's query and the expected answer.
+
+    ``kind`` is ``statement`` (the user states a fact), ``question`` (the user asks about a
+    fact stated ``distance`` turns earlier), ``smalltalk``, or ``user`` (loaded data without
+    recall labels). ``values`` are the fact's entity values (the exact-match entities).
+    """
+
+    query: str
+    answer: str
+    kind: str = "user"
+    slot: str | None = None
+    values: tuple[str, ...] = ()
+    distance: int | None = None
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if v not in (None, ())}
+        if self.values:
+            data["values"] = list(self.values)
+        return data
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """An ordered list of turns sharing one short-term memory."""
+
+    turns: tuple[Turn, ...]
+
+    def to_dict(self) -> dict:
+        return {"turns": [turn.to_dict() for turn in self.turns]}
+
+    @property
+    def questions(self) -> list[tuple[int, Turn]]:
+        """(turn index, turn) of every recall question."""
+        return [(index, turn) for index, turn in enumerate(self.turns) if turn.kind == "question"]
+
+
+def normalize_answer(text: str) -> str:
+    """The canonical form compared by the exact-match rule."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def exact_match(generated: str, expected: str) -> bool:
+    """True when the generated answer is exactly the expected one (see module docstring)."""
+    return normalize_answer(generated) == normalize_answer(expected)
+
+
+def entity_match(generated: str, values: Iterable[str]) -> bool:
+    """True when every entity value occurs in ``generated`` as a whole word (case-sensitive)."""
+    text = normalize_answer(generated)
+    return all(re.search(rf"(?<![\w]){re.escape(value)}(?![\w])", text) for value in values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entity values. A value belongs to the held-out split when a stable hash of it says so.
+
+FIRST_NAMES = """Ann Anna Alice Adam Alex Amelia Arthur Ben Bella Boris Carl Clara Chloe Daniel Diana David
+Elena Emma Eric Ethan Eva Felix Fiona Frank Grace George Hannah Harry Helen Henry Ivan Iris Isaac
+Jack Jane James Julia Kate Karl Laura Leo Lily Lucas Lucy Maria Mark Martin Mia Nina Noah Nora Oliver
+Olga Oscar Paul Peter Rosa Ruby Sam Sara Sofia Simon Tom Tina Victor Vera Walter Zoe Yuki Omar Priya
+Ravi Mei Chen Aisha Fatima Hugo Igor Jonas Kevin Linda Marta Nadia Otto Pablo Quinn Rita Sven Tara
+Uma Wendy Xavier Yara Zara Bruno Cecil Dora Edgar Flora Gina Hector Ines Joel Kira Liam Mila Nils""".split()
+
+CITIES = """Paris London Berlin Madrid Rome Vienna Prague Warsaw Oslo Stockholm Helsinki Dublin Lisbon Athens
+Tokyo Osaka Seoul Beijing Shanghai Delhi Mumbai Cairo Lagos Nairobi Toronto Chicago Boston Denver Seattle
+Austin Miami Dallas Phoenix Sydney Melbourne Auckland Lima Bogota Santiago Quito Havana Montreal Ottawa
+Zurich Geneva Munich Hamburg Cologne Milan Naples Turin Venice Florence Seville Valencia Porto Krakow
+Gdansk Riga Tallinn Vilnius Kyiv Minsk Sofia Bucharest Budapest Belgrade Zagreb Istanbul Ankara Tehran
+Dubai Doha Karachi Dhaka Bangkok Hanoi Manila Jakarta Perth Brisbane Denver Memphis Portland Tampa
+Nashville Houston Atlanta Calgary Vancouver Leeds Glasgow Bristol Cardiff Belfast Bergen Malmo Aarhus""".split()
+
+PET_NAMES = """Rex Max Bella Luna Charlie Lucy Daisy Milo Coco Rocky Buddy Bailey Oreo Pepper Shadow Simba
+Tiger Ginger Biscuit Muffin Peanut Snowy Sunny Ziggy Pixel Nugget Bubbles Whiskers Fluffy Spot Lucky
+Toby Teddy Rusty Benji Bruno Cookie Honey Maple Olive Pumpkin Sparky Ace Bolt Dash Felix Gizmo Jasper
+Kiki Lola Mochi Nala Otis Pip Remy Sasha Tofu Waffles Yoda Zeus Apollo Blue Cleo Duke Echo Fudge""".split()
+
+PET_KINDS = "dog cat parrot rabbit hamster turtle goldfish horse pony canary ferret lizard".split()
+
+JOBS = """teacher doctor nurse engineer baker farmer pilot chef lawyer dentist painter writer singer
+plumber carpenter electrician architect scientist librarian mechanic pharmacist firefighter
+journalist photographer designer programmer gardener musician actor dancer tailor butcher barber
+accountant cashier waiter driver sailor soldier judge surgeon vet translator editor economist
+astronaut biologist chemist physicist historian geologist florist jeweler potter sculptor poet
+banker broker clerk janitor locksmith miner""".split()
+
+COLORS = """red blue green yellow orange purple pink brown black white gray silver gold violet indigo
+turquoise teal maroon navy olive beige crimson scarlet amber coral lavender lilac magenta cyan ivory
+cream peach mint jade ruby emerald sapphire bronze copper khaki""".split()
+
+FOODS = """pizza pasta sushi tacos curry soup salad steak burgers noodles dumplings pancakes waffles
+omelettes risotto lasagna ramen paella falafel hummus kebab chili stew porridge bagels croissants
+cheesecake chocolate icecream cookies muffins pie rice beans tofu lentils mushrooms potatoes carrots
+apples bananas mangoes cherries grapes oranges peaches strawberries blueberries olives cheese bread
+yogurt popcorn""".split()
+
+SYLLABLES = """ka lo mi ren to sa vi dan el mar ni ko ta be ra lin so fe du ga hi jo ki lu me no pa ri
+su te vo ze ba ce di fa go ha ja le ma ne po qu ro si tu va wi ya zo al an ar en er in or on""".split()
+CITY_SUFFIXES = "ton burg ville field port stad holm dale mouth ford".split()
+
+
+def _in_heldout(slot: str, value: str) -> bool:
+    digest = hashlib.sha256(f"{slot}:{value}".encode()).digest()
+    return digest[0] % HELDOUT_FRACTION == 0
+
+
+def _synthetic_words(count: int, seed: str, syllables: int = 2, suffixes: list[str] | None = None) -> list[str]:
+    """Pronounceable made-up words, capitalized: more distinct values than any real list."""
+    rng = random.Random(seed)
+    words: set[str] = set()
+    while len(words) < count:
+        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(syllables, syllables + 1)))
+        if suffixes:
+            word += rng.choice(suffixes)
+        words.add(word.capitalize())
+    return sorted(words)
+
+
+def _split_values(slot: str, values: Iterable[str]) -> dict[str, list[str]]:
+    unique = sorted(set(values))
+    heldout = [v for v in unique if _in_heldout(slot, v)]
+    return {"train": [v for v in unique if v not in set(heldout)], "heldout": heldout}
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+# ---------------------------------------------------------------------------------------------
+# Slots: how a fact is stated, acknowledged, asked and answered.
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One kind of fact. Templates use ``{v}`` (the value), ``{kind}`` (pet kind), ``{a}`` (article)."""
+
+    name: str
+    statements: dict[str, list[str]]
+    questions: dict[str, list[str]]
+    acknowledgement: str
+    answer: str
+    values: dict[str, list[str]] = field(repr=False)
+
+    def sample(self, split: str, rng: random.Random) -> dict[str, str]:
+        value = rng.choice(self.values[split])
+        fields = {"v": value, "a": _article(value)}
+        if self.name == "pet":
+            fields["kind"] = rng.choice(PET_KINDS)
+        return fields
+
+    def entities(self, fields: dict[str, str]) -> tuple[str, ...]:
+        return (fields["kind"], fields["v"]) if "kind" in fields else (fields["v"],)
+
+
+def _numbers() -> list[str]:
+    return [str(n) for n in range(1, 1000)]
+
+
+def build_slots() -> dict[str, Slot]:
+    """The fact slots with their per-split value pools and phrasing templates."""
+    names = FIRST_NAMES + _synthetic_words(1500, "names")
+    cities = CITIES + _synthetic_words(1000, "cities", syllables=1, suffixes=CITY_SUFFIXES)
+    pets = PET_NAMES + _synthetic_words(800, "pets", syllables=1)
+    specs = [
+        (
+            "name",
+            names,
+            {
+                "train": ["My name is {v}.", "I am {v}.", "Call me {v}.", "Hi, I'm {v}.", "Hello, my name is {v}."],
+                "heldout": ["People call me {v}.", "Hey there, the name is {v}."],
+            },
+            {
+                "train": ["What is my name?", "Do you remember my name?", "Tell me my name.", "What's my name?"],
+                "heldout": ["Remind me of my name.", "Which name did I give you?"],
+            },
+            "Nice to meet you, {v}.",
+            "Your name is {v}.",
+        ),
+        (
+            "city",
+            cities,
+            {
+                "train": ["I live in {v}.", "My city is {v}.", "I am from {v}.", "My home is in {v}."],
+                "heldout": ["These days I reside in {v}.", "Home for me is the city of {v}."],
+            },
+            {
+                "train": ["Where do I live?", "What is my city?", "Do you remember where I live?", "Which city?"],
+                "heldout": ["Remind me where I live.", "In which city is my home?"],
+            },
+            "I hear {v} is a lovely place.",
+            "You live in {v}.",
+        ),
+        (
+            "pet",
+            pets,
+            {
+                "train": ["I have a {kind} named {v}.", "My pet is a {kind} called {v}.", "I own a {kind} named {v}."],
+                "heldout": ["My {kind} is named {v}.", "At home I keep a {kind} called {v}."],
+            },
+            {
+                "train": ["What is my pet?", "Tell me about my pet.", "Do you remember my pet?", "What pet do I have?"],
+                "heldout": ["Remind me about my pet.", "Which pet do I own?"],
+            },
+            "A {kind} named {v}, how lovely.",
+            "Your pet is a {kind} named {v}.",
+        ),
+        (
+            "job",
+            JOBS,
+            {
+                "train": ["I work as {a} {v}.", "I am {a} {v} by profession.", "My job: I am {a} {v}."],
+                "heldout": ["By trade I am {a} {v}.", "For a living I work as {a} {v}."],
+            },
+            {
+                "train": ["What is my job?", "What do I do for work?", "Do you remember my job?", "What is my work?"],
+                "heldout": ["Remind me what my job is.", "Which job do I have?"],
+            },
+            "Being {a} {v} sounds interesting.",
+            "You work as {a} {v}.",
+        ),
+        (
+            "color",
+            COLORS,
+            {
+                "train": ["My favourite color is {v}.", "I love the color {v}.", "The color I like most is {v}."],
+                "heldout": ["I really like the color {v}.", "The best color for me is {v}."],
+            },
+            {
+                "train": ["What is my favourite color?", "Which color do I like?", "What color do I love?"],
+                "heldout": ["Remind me of my favourite color.", "What color did I say I like?"],
+            },
+            "I like the color {v} too.",
+            "Your favourite color is {v}.",
+        ),
+        (
+            "food",
+            FOODS,
+            {
+                "train": ["My favourite food is {v}.", "I love to eat {v}.", "The food I like most is {v}."],
+                "heldout": ["I really enjoy eating {v}.", "The best food for me is {v}."],
+            },
+            {
+                "train": ["What is my favourite food?", "Which food do I like?", "What food do I love?"],
+                "heldout": ["Remind me of my favourite food.", "What food did I say I like?"],
+            },
+            "Yum, {v} is tasty.",
+            "Your favourite food is {v}.",
+        ),
+        (
+            "number",
+            _numbers(),
+            {
+                "train": ["My lucky number is {v}.", "The number {v} is lucky for me.", "My lucky number: {v}."],
+                "heldout": ["I consider {v} my lucky number.", "For luck I always pick {v}."],
+            },
+            {
+                "train": ["What is my lucky number?", "Which number is lucky for me?", "Tell me my lucky number."],
+                "heldout": ["Remind me of my lucky number.", "What number did I say was lucky?"],
+            },
+            "Good luck with {v}.",
+            "Your lucky number is {v}.",
+        ),
+    ]
+    return {
+        name: Slot(name, statements, questions, ack, answer, _split_values(name, values))
+        for name, values, statements, questions, ack, answer in specs
+    }
+
+
+SMALLTALK = [
+    ("How are you?", "I am fine, thank you."),
+    ("Hello!", "Hello! How can I help?"),
+    ("Good morning.", "Good morning to you."),
+    ("Thanks!", "You are welcome."),
+    ("Tell me a joke.", "Why did the cat sit on the laptop? To watch the mouse."),
+    ("What can you do?", "I can remember what you tell me."),
+    ("What day is it?", "I do not know the date."),
+    ("Is it going to rain?", "I cannot check the weather."),
+    ("I am tired today.", "Get some rest."),
+    ("The weather is nice today.", "A good day for a walk."),
+    ("I watched a movie yesterday.", "I hope you enjoyed it."),
+    ("Do you like music?", "I like all kinds of music."),
+    ("What is two plus two?", "Two plus two is four."),
+    ("Say something nice.", "You are doing great."),
+    ("I had coffee this morning.", "Coffee is a good start."),
+    ("Let us talk about books.", "Books are wonderful."),
+    ("Are you a robot?", "I am a small language model."),
+    ("I went for a run.", "Running is healthy."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Can you help me?", "Sure, what do you need?"),
+    ("It is late.", "Then sleep well soon."),
+    ("I like trains.", "Trains are fun."),
+    ("Count to three.", "One, two, three."),
+    ("Ok.", "Ok."),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversation generation.
+
+
+def _place_facts(rng: random.Random, num_turns: int, slots: list[str], max_distance: int) -> list[tuple]:
+    """Pick (slot, statement turn, question turn or None) with question distances spread uniformly."""
+    used: set[int] = set()
+    placed = []
+    for slot in slots:
+        for _ in range(50):
+            ask = rng.random() < 0.85
+            distance = rng.randint(1, min(max_distance, num_turns - 1))
+            stated = rng.randint(0, num_turns - 1 - distance) if ask else rng.randint(0, num_turns - 1)
+            asked = stated + distance if ask else None
+            if stated not in used and asked not in used:
+                used.update({stated} | ({asked} if ask else set()))
+                placed.append((slot, stated, asked))
+                break
+    return placed
+
+
+def generate_conversation(
+    rng: random.Random,
+    split: str,
+    slots: dict[str, Slot],
+    min_turns: int = 6,
+    max_turns: int = 10,
+    max_facts: int = 4,
+) -> Conversation:
+    """One synthetic conversation drawn from ``split``'s values and templates."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    num_turns = rng.randint(min_turns, max_turns)
+    chosen = rng.sample(sorted(slots), k=rng.randint(1, min(max_facts, len(slots))))
+    turns: list[Turn | None] = [None] * num_turns
+    for slot_name, stated, asked in _place_facts(rng, num_turns, chosen, max_distance=num_turns - 1):
+        slot = slots[slot_name]
+        fields = slot.sample(split, rng)
+        values = slot.entities(fields)
+        turns[stated] = Turn(
+            rng.choice(slot.statements[split]).format(**fields),
+            slot.acknowledgement.format(**fields),
+            "statement",
+            slot_name,
+            values,
+        )
+        if asked is not None:
+            turns[asked] = Turn(
+                rng.choice(slot.questions[split]),
+                slot.answer.format(**fields),
+                "question",
+                slot_name,
+                values,
+                asked - stated,
+            )
+    filled = [turn or Turn(*rng.choice(SMALLTALK), "smalltalk") for turn in turns]
+    return Conversation(tuple(filled))
+
+
+def generate_conversations(
+    count: int,
+    split: str = "train",
+    seed: int = 0,
+    min_turns: int = 6,
+    max_turns: int = 10,
+    max_facts: int = 4,
+) -> list[Conversation]:
+    """``count`` reproducible conversations of ``split`` (same arguments, same conversations)."""
+    rng = random.Random(f"rxt-dialogue:{split}:{seed}")
+    slots = build_slots()
+    return [generate_conversation(rng, split, slots, min_turns, max_turns, max_facts) for _ in range(count)]
+
+
+def iterate_conversations(split: str = "train", seed: int = 0, **kwargs) -> Iterator[Conversation]:
+    """An endless reproducible stream of conversations (for training)."""
+    rng = random.Random(f"rxt-dialogue-stream:{split}:{seed}")
+    slots = build_slots()
+    for _ in itertools.count():
+        yield generate_conversation(rng, split, slots, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL user data.
+
+
+def _turn_from_dict(data: dict, where: str) -> Turn:
+    if not isinstance(data, dict) or not isinstance(data.get("query"), str) or not isinstance(data.get("answer"), str):
+        raise ValueError(f"{where}: a turn must be an object with string 'query' and 'answer', got {data!r}")
+    values = data.get("values") or ()
+    if isinstance(values, str):
+        values = (values,)
+    return Turn(
+        data["query"],
+        data["answer"],
+        data.get("kind", "user"),
+        data.get("slot"),
+        tuple(values),
+        data.get("distance"),
+    )
+
+
+def load_jsonl(path: str | Path) -> list[Conversation]:
+    """Conversations from a JSONL file, one ``{"turns": [{"query", "answer"}, ...]}`` per line."""
+    path = Path(path)
+    conversations = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error})") from None
+            turns = record.get("turns") if isinstance(record, dict) else None
+            if not isinstance(turns, list) or not turns:
+                raise ValueError(f"{where}: expected an object with a non-empty 'turns' list")
+            conversations.append(
+                Conversation(tuple(_turn_from_dict(t, f"{where} turn {i}") for i, t in enumerate(turns)))
+            )
+    return conversations
+
+
+def save_jsonl(conversations: Iterable[Conversation], path: str | Path) -> None:
+    """Write conversations in the JSONL format :func:`load_jsonl` reads."""
+    with Path(path).open("w", encoding="utf-8") as handle:
+        for conversation in conversations:
+            handle.write(json.dumps(conversation.to_dict()) + "\n")
+
+
+def corpus_lines(conversations: Iterable[Conversation]) -> Iterator[str]:
+    """Every query and answer, one per line (tokenizer training text)."""
+    for conversation in conversations:
+        for turn in conversation.turns:
+            yield turn.query
+            yield turn.answer
