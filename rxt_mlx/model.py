@@ -1,0 +1,181 @@
+"""The full RxT model, and loading / saving / quantizing MLX model folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from mlx_lm.models.switch_layers import SwitchLinear
+
+from rxt_mlx.config import ConfigError, RxTConfig
+from rxt_mlx.decoder import Decoder
+from rxt_mlx.encoder import Encoder
+from rxt_mlx.memory_attention import MemoryAttention
+from rxt_mlx.weights import load_weights, sanitize
+
+FORMAT = "rxt-mlx"
+FORMAT_VERSION = 1
+QUANTIZATION_BITS = (2, 3, 4, 6, 8)
+QUANTIZATION_GROUP_SIZES = (32, 64, 128)
+# Routers, gates and norms stay in full precision (they are small and precision-sensitive).
+_UNQUANTIZED_SUFFIXES = ("router.gate", "shared_expert_gate", ".gate", ".slot_status")
+
+
+class RxT(nn.Module):
+    """Reactive Transformer: decoder, encoder and memory attention sharing one embedding."""
+
+    def __init__(self, config: RxTConfig):
+        super().__init__()
+        self.config = config
+        self.decoder = Decoder(config.decoder)
+        self.encoder = Encoder(config.encoder, embed=lambda ids: self.decoder.embedding(ids))
+        self.memory_attention = MemoryAttention(config.memory_attention, config.memory_attention_variant)
+        self._fingerprint: str | None = None
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        """Activation dtype: the dtype of the (never quantized) decoder head bias."""
+        return self.decoder.head.bias.dtype
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the config and the weights (of the files, for a loaded model)."""
+        if self._fingerprint is None:
+            digest = _config_digest(self.config)
+            for name, value in sorted(tree_flatten(self.parameters())):
+                digest.update(name.encode())
+                digest.update(str(value.dtype).encode())
+                digest.update(bytes(memoryview(_bit_view(value))))
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def initial_stm(self, batch: int = 1, seed: int = 0) -> mx.array:
+        """A fresh STM (L, batch, S, D) drawn from N(0, 1), like rxlm's 'standard' init."""
+        layers, slots, dim = self.config.stm_shape
+        key = mx.random.key(seed)
+        return mx.random.normal((layers, batch, slots, dim), key=key).astype(self.dtype)
+
+    def update_memory(self, stm: mx.array, ids: mx.array, mask: mx.array | None = None) -> mx.array:
+        """STM_t from STM_{t-1} and the whole interaction ``ids`` (B, T): encoder + memory attention."""
+        return self.memory_attention(stm, self.encoder(ids, mask), mask)
+
+
+def _bit_view(value: mx.array) -> mx.array:
+    """An array whose buffer numpy/memoryview can read (bfloat16 reinterpreted as uint16)."""
+    return value.view(mx.uint16) if value.dtype == mx.bfloat16 else value
+
+
+def _config_digest(config: RxTConfig):
+    values = config.to_dict()
+    values.pop("format", None)
+    values.pop("format_version", None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode())
+
+
+def _quantizable(path: str, module: nn.Module, group_size: int) -> bool:
+    if not isinstance(module, (nn.Linear, nn.Embedding, SwitchLinear)):
+        return False
+    if path.endswith(_UNQUANTIZED_SUFFIXES):
+        return False
+    return module.weight.shape[-1] % group_size == 0 and module.weight.shape[-2] >= 8
+
+
+def quantize_model(model: RxT, bits: int, group_size: int) -> RxT:
+    """Quantize ``model`` in place (Linear, Embedding and expert weights) and record it in the config.
+
+    Norms, routers, shared-expert gates, residual gates and layers whose input width is not a
+    multiple of ``group_size`` stay in full precision.
+    """
+    if bits not in QUANTIZATION_BITS:
+        raise ValueError(f"quantization bits {bits} not supported (expected one of {QUANTIZATION_BITS})")
+    if group_size not in QUANTIZATION_GROUP_SIZES:
+        raise ValueError(f"quantization group size {group_size} not supported (expected {QUANTIZATION_GROUP_SIZES})")
+    nn.quantize(model, group_size, bits, class_predicate=lambda path, m: _quantizable(path, m, group_size))
+    extra = {**model.config.extra, "quantization": {"bits": bits, "group_size": group_size}}
+    model.config = dataclasses.replace(model.config, extra=extra)
+    model._fingerprint = None
+    return model
+
+
+def save_model(model: RxT, folder: str | Path) -> Path:
+    """Write ``config.json`` (format rxt-mlx) and ``model.safetensors`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    values = model.config.to_dict()
+    values.update(format=FORMAT, format_version=FORMAT_VERSION)
+    (folder / "config.json").write_text(json.dumps(values, indent=2) + "\n")
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    return folder
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    single = folder / "model.safetensors"
+    if single.exists():
+        return [single]
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ConfigError(f"{index}: malformed index ({error!r}); expected a 'weight_map' object") from None
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def _read_config(folder: Path) -> RxTConfig:
+    path = folder / "config.json"
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file; is {folder} an rxt-mlx model folder?") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    if values.get("format") != FORMAT:
+        raise ConfigError(
+            f'{path}: not an rxt-mlx model folder ("format" is {values.get("format")!r}, expected {FORMAT!r}); '
+            "convert PyTorch/rxlm checkpoints first with: rxt-convert SRC OUT"
+        )
+    if values.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(
+            f"{path}: format_version {values.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    return RxTConfig.from_dict(values)
+
+
+def load_model(path: str | Path) -> RxT:
+    """Load an rxt-mlx model folder (as written by rxt-convert or :func:`save_model`).
+
+    Reads ``config.json`` and the weights (``model.safetensors`` or shards listed in
+    ``model.safetensors.index.json``), re-applies the recorded quantization, loads the weights
+    strictly and sets ``model.fingerprint`` from the config and the weight files.
+    """
+    folder = Path(path)
+    config = _read_config(folder)
+    files = _weight_files(folder)
+    weights: dict[str, mx.array] = {}
+    for file in files:
+        weights.update(mx.load(str(file)))
+    weights = sanitize(weights)
+    model = RxT(config)
+    quantization = config.extra.get("quantization")
+    if quantization:
+        nn.quantize(
+            model,
+            quantization["group_size"],
+            quantization["bits"],
+            class_predicate=lambda prefix, module: f"{prefix}.scales" in weights,
+        )
+    load_weights(model, weights)
+    digest = _config_digest(config)
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    model._fingerprint = digest.hexdigest()
+    return model
