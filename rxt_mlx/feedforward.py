@@ -95,11 +95,11 @@ class MoE(nn.Module):
         self.top_k = config.moe_top_k
         self.num_shared = config.num_shared_experts
         self.weighted_shared = config.moe_use_weighted_shared_experts and self.num_shared > 0
+        # legacy (non-vectorized) experts each own their biases: the vectorized 'local' mode
+        bias_mode = config.moe_bias_mode if config.use_vectorized_moe else "local"
         self.router = Router(dim, config.num_experts, config.moe_top_k)
-        self.experts = SwitchGLU(
-            dim, config.ff_dim, config.num_experts, activation=glu, bias=config.moe_bias_mode == "local"
-        )
-        if config.moe_bias_mode == "global":
+        self.experts = SwitchGLU(dim, config.ff_dim, config.num_experts, activation=glu, bias=bias_mode == "local")
+        if bias_mode == "global":
             self.global_bias = mx.zeros((dim,))
         shared_local = config.moe_shared_experts_bias_mode == "local"
         if self.num_shared == 1:

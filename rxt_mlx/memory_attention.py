@@ -45,7 +45,7 @@ class ResidualGate(nn.Module):
         self.per_slot = config.residual_per_slot_gate
         self.act = mx.tanh if config.use_tanh_residual_gate else mx.sigmoid
         self.tanh = config.use_tanh_residual_gate
-        if not use_gate or disable_residual:
+        if not use_gate:
             return
         slots = config.stm_size
         if self.gate_type == "linear":

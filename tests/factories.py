@@ -17,6 +17,8 @@ from rxt_mlx.config import RxTConfig
 from rxt_mlx.model import RxT, save_model
 
 VOCAB_SIZE = 300
+ROUTER_SCALE = 4.0
+"""Router weights are scaled up so top-k choices sit far from ties (cached and full runs agree)."""
 SEQ_LEN = 64
 TOKENIZER_CONFIG = {
     "pad_token_id": 0,
@@ -26,6 +28,8 @@ TOKENIZER_CONFIG = {
     "answer_token_id": 5,
     "think_token_id": 6,
     "internal_token_id": 7,
+    "tool_call_token_id": 8,
+    "tool_use_token_id": 9,
 }
 
 
@@ -240,7 +244,8 @@ def _random_value(name: str, shape: tuple[int, ...], key: mx.array) -> mx.array:
         return 0.1 * noise
     if name.endswith(".gate") or "embedding" in name:  # residual gate parameters, token embedding
         return noise
-    return noise / (shape[-1] ** 0.5)
+    scale = ROUTER_SCALE if name.endswith("router.gate.weight") else 1.0
+    return scale * noise / (shape[-1] ** 0.5)
 
 
 def random_mlx_model(config: RxTConfig, seed: int = 0) -> RxT:
