@@ -1,0 +1,29 @@
+"""The chat's Textual CSS (kept in Python so it ships inside the wheel without package-data rules)."""
+
+CHAT_CSS = """
+#body { height: 1fr; }
+#sidebar { width: 30; border-right: solid $primary-darken-2; }
+#sidebar .heading { text-style: bold; padding: 0 1; color: $accent; }
+#conversations { height: 1fr; }
+ConversationItem { padding: 0 1; }
+ConversationItem .turns { color: $text-muted; }
+ConversationItem.foreign .title { color: $warning; }
+#main { width: 1fr; }
+#notice { background: $warning 25%; color: $text; padding: 0 1; display: none; }
+#transcript { height: 1fr; padding: 0 1; }
+.message { height: auto; margin: 0 0 1 0; }
+.message .role { text-style: bold; }
+.message.user .role { color: $accent; }
+.message.assistant .role { color: $success; }
+.message Markdown { margin: 0; padding: 0 0 0 2; }
+#prompt { dock: bottom; }
+#memory { width: 34; border-left: solid $primary-darken-2; padding: 0 1; }
+#status { height: 1; background: $primary-darken-2; color: $text; padding: 0 1; }
+.dialog-screen { align: center middle; }
+.dialog { width: 70; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
+.dialog .buttons { height: auto; margin-top: 1; }
+.dialog .buttons Button { margin-right: 2; }
+.dialog #error { color: $error; }
+.dialog.help { width: 90; }
+.dialog .heading { text-style: bold; margin-bottom: 1; }
+"""

@@ -1,0 +1,141 @@
+"""The chat's widgets: conversation list, transcript messages, status line, memory panel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rxt_app.storage import Conversation, TurnStats
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Label, ListItem, Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+BAR_WIDTH = 16
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+
+
+class ConversationItem(ListItem):
+    """One entry of the side list: title and turn count; marks conversations of another model."""
+
+    def __init__(self, conversation: Conversation, foreign: bool):
+        super().__init__(classes="foreign" if foreign else "")
+        self.conversation = conversation
+        self.foreign = foreign
+
+    def compose(self) -> ComposeResult:
+        mark = " [read-only]" if self.foreign else ""
+        yield Label(f"{self.conversation.title}{mark}", classes="title", markup=False)
+        turns = self.conversation.turn_count
+        yield Label(f"{turns} turn{'s' if turns != 1 else ''}", classes="turns")
+
+
+class MessageView(Vertical):
+    """One transcript entry: a role line and the text rendered as Markdown (streamed for live answers)."""
+
+    def __init__(self, role: str, turn: int, text: str = ""):
+        super().__init__(classes=f"message {role}")
+        self.role = role
+        self.turn = turn
+        self.text = text
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label(f"{'You' if self.role == 'user' else 'RxT'} · turn {self.turn}", classes="role")
+        yield Markdown(self.text)
+
+    @property
+    def markdown(self) -> Markdown:
+        """The Markdown widget holding the text."""
+        return self.query_one(Markdown)
+
+    async def append(self, fragment: str) -> None:
+        """Stream ``fragment`` onto the end of the text."""
+        self.text += fragment
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.markdown)
+        await self._stream.write(fragment)
+
+    async def finish(self, note: str = "") -> None:
+        """End streaming; ``note`` (e.g. "stopped") is shown on the role line."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        if note:
+            role_line = self.query_one(".role", Label)
+            role_line.update(f"RxT · turn {self.turn} · {note}")
+
+
+@dataclass
+class StatusFigures:
+    """What the status line shows."""
+
+    model: str = ""
+    turn: int = 0
+    memory: str = "ready"
+    stats: TurnStats | None = None
+    activity: str = ""
+
+
+def format_status(figures: StatusFigures) -> str:
+    """The one-line summary: model, turn, last turn's timings, memory state."""
+    parts = [f"{figures.model}", f"turn {figures.turn}"]
+    if figures.stats is not None:
+        stats = figures.stats
+        parts.append(f"TTFT {stats.ttft_seconds * 1000:.0f} ms")
+        parts.append(f"{stats.tokens_per_second:.1f} tok/s")
+        parts.append(f"mem update {stats.memory_update_seconds * 1000:.0f} ms")
+    parts.append(f"memory: {figures.memory}")
+    if figures.activity:
+        parts.append(figures.activity)
+    return " │ ".join(parts)
+
+
+class StatusLine(Static):
+    """Bottom line with the live figures."""
+
+    def show(self, figures: StatusFigures) -> None:
+        """Render ``figures``."""
+        self.update(format_status(figures))
+
+
+def bar(value: float, scale: float, width: int = BAR_WIDTH) -> str:
+    """A text bar of ``width`` cells, filled in eighths, for ``value`` out of ``scale``."""
+    fraction = 0.0 if scale <= 0 else max(0.0, min(1.0, value / scale))
+    eighths = round(fraction * width * 8)
+    full, partial = divmod(eighths, 8)
+    text = "█" * full + (" ▏▎▍▌▋▊▉"[partial] if partial else "")
+    return text.ljust(width, "·")
+
+
+def sparkline(values: list[float]) -> str:
+    """One block character per value, scaled to the largest."""
+    top = max(values, default=0.0)
+    if top <= 0:
+        return SPARK_LEVELS[0] * len(values)
+    return "".join(
+        SPARK_LEVELS[min(len(SPARK_LEVELS) - 1, int(v / top * (len(SPARK_LEVELS) - 1) + 0.5))] for v in values
+    )
+
+
+def format_memory_panel(history: list[tuple[float, ...]], state: str) -> str:
+    """Per-layer bars of the last update's relative change, plus a sparkline of the mean change per turn."""
+    lines = ["STM change, last turn", "‖STMₜ − STMₜ₋₁‖ / ‖STMₜ₋₁‖", ""]
+    if not history:
+        lines.append("no turn yet")
+    else:
+        last = history[-1]
+        scale = max(max(last), 1e-12)
+        for layer, value in enumerate(last):
+            lines.append(f"L{layer:<2} {bar(value, scale)} {value:.3f}")
+        means = [sum(turn) / len(turn) for turn in history if turn]
+        lines += ["", f"mean per turn ({len(means)})", sparkline(means[-24:])]
+    lines += ["", f"memory: {state}"]
+    return "\n".join(lines)
+
+
+class MemoryPanel(Static):
+    """Toggleable side panel: how much the last memory update changed each STM layer."""
+
+    def show(self, history: list[tuple[float, ...]], state: str) -> None:
+        """Render the change history of a conversation (one tuple per turn)."""
+        self.update(format_memory_panel(history, state))

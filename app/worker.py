@@ -1,0 +1,358 @@
+"""The chat's inference thread: one long-lived thread owns the model and every conversation's Session.
+
+The UI thread never touches MLX. It puts jobs on a queue (:meth:`InferenceWorker.open`,
+:meth:`~InferenceWorker.send`, ...) and receives plain event objects through the ``post``
+callback (the Textual app turns them into messages; ``post_message`` is thread-safe). Arrays
+are evaluated (``mx.eval``) on this thread before anything derived from them leaves it.
+
+Jobs run strictly in order, so a query sent while the previous memory update is still running
+waits for it and always starts from the updated STM.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rxt_app.storage import TurnStats
+
+
+class ModelLoadError(RuntimeError):
+    """The model folder given to rxt-chat cannot be loaded (missing, not a model, bad weights)."""
+
+
+@dataclass(frozen=True)
+class SessionReady:
+    """A conversation's Session is loaded at ``turn`` and can take queries."""
+
+    conversation_id: str
+    turn: int
+
+
+@dataclass(frozen=True)
+class SnapshotProblem:
+    """The STM snapshot of ``turn`` cannot be used; ``last_good_turn`` is the latest usable one (0: initial)."""
+
+    conversation_id: str
+    turn: int
+    reason: str
+    last_good_turn: int
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    """Generation of ``turn`` began (any earlier memory update is finished)."""
+
+    conversation_id: str
+    turn: int
+
+
+@dataclass(frozen=True)
+class TokenText:
+    """Newly decoded answer text of ``turn``."""
+
+    conversation_id: str
+    turn: int
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerFinished:
+    """The answer is complete for the user (EOS, max tokens or stop); the memory update follows."""
+
+    conversation_id: str
+    turn: int
+    text: str
+    tokens: int
+    prompt_seconds: float
+    ttft_seconds: float
+    tokens_per_second: float
+    stopped: bool
+
+
+@dataclass(frozen=True)
+class TurnSaved:
+    """The memory update of ``turn`` ran and its STM snapshot is on disk at ``snapshot``: commit it."""
+
+    conversation_id: str
+    turn: int
+    query: str
+    answer: str
+    stats: TurnStats
+    snapshot: Path
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    """A job raised; ``message`` is the error for the user, ``details`` the traceback."""
+
+    conversation_id: str | None
+    turn: int | None
+    message: str
+    details: str
+
+
+WorkerEvent = SessionReady | SnapshotProblem | TurnStarted | TokenText | AnswerFinished | TurnSaved | JobFailed
+
+
+@dataclass(frozen=True)
+class _Open:
+    conversation_id: str
+    turn: int
+    snapshots: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class _Send:
+    conversation_id: str
+    turn: int
+    query: str
+    snapshot: Path
+
+
+@dataclass(frozen=True)
+class _Forget:
+    conversation_id: str
+
+
+_SHUTDOWN = object()
+
+
+def memory_change(previous, current) -> list[float]:
+    """Per STM layer, ``||current - previous|| / ||previous||`` (arrays of shape (L, B, S, D))."""
+    import mlx.core as mx
+
+    axes = tuple(range(1, previous.ndim))
+    difference = mx.sqrt(mx.sum(mx.square(current - previous), axis=axes))
+    scale = mx.maximum(mx.sqrt(mx.sum(mx.square(previous), axis=axes)), 1e-12)
+    change = (difference / scale).astype(mx.float32)
+    mx.eval(change)
+    return change.tolist()
+
+
+class InferenceWorker:
+    """Owns the model, the tokenizer and one Session per opened conversation, on its own thread.
+
+    Args:
+        model_dir: the MLX model folder (``rxt_mlx.load``).
+        post: called on the worker thread with each :data:`WorkerEvent`; must be thread-safe.
+        sampling: keyword arguments for ``Session.interact`` (max_tokens, temperature, ...).
+    """
+
+    def __init__(self, model_dir: str | Path, post: Callable[[WorkerEvent], Any], sampling: dict | None = None):
+        self.model_dir = Path(model_dir)
+        self.sampling = dict(sampling or {})
+        self._post = post
+        self._jobs: queue.Queue = queue.Queue()
+        self._sessions: dict[str, Any] = {}
+        self._active_session: Any = None
+        self._lock = threading.Lock()
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rxt-inference", daemon=True)
+        self.model = None
+        self.tokenizer = None
+        self.fingerprint = ""
+        self.stm_shape: tuple[int, ...] = ()
+
+    def start(self) -> InferenceWorker:
+        """Start the thread and wait until the model is loaded; raises ModelLoadError if it cannot be."""
+        self._thread.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise ModelLoadError(f"cannot load the model in {self.model_dir}: {self._load_error}") from self._load_error
+        return self
+
+    def open(self, conversation_id: str, turn: int, snapshots: list[Path]) -> None:
+        """Load (or reload) a conversation's Session at ``turn`` from ``snapshots[turn - 1]``.
+
+        ``snapshots`` lists the snapshot paths of turns 1..turn, so that on a bad snapshot the
+        worker can name the last good turn. Posts SessionReady or SnapshotProblem.
+        """
+        self._jobs.put(_Open(conversation_id, turn, tuple(snapshots)))
+
+    def send(self, conversation_id: str, turn: int, query: str, snapshot: Path) -> None:
+        """Answer ``query`` as ``turn`` of an opened conversation, then update and save its STM to ``snapshot``."""
+        self._jobs.put(_Send(conversation_id, turn, query, snapshot))
+
+    def forget(self, conversation_id: str) -> None:
+        """Drop a conversation's Session (after delete or rewind)."""
+        self._jobs.put(_Forget(conversation_id))
+
+    def stop(self) -> None:
+        """Stop the answer being generated now; the partial answer is kept and memorized."""
+        with self._lock:
+            if self._active_session is not None:
+                self._active_session.stop()
+
+    def drop_queued(self) -> dict[str, list[int]]:
+        """Cancel the queries not started yet; returns their turns per conversation."""
+        dropped: dict[str, list[int]] = {}
+        kept = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            self._jobs.task_done()
+            if isinstance(job, _Send):
+                dropped.setdefault(job.conversation_id, []).append(job.turn)
+            else:
+                kept.append(job)
+        for job in kept:
+            self._jobs.put(job)
+        return dropped
+
+    def shutdown(self, timeout: float | None = 30.0) -> None:
+        """Finish the queued jobs (a running memory update completes and is saved), then end the thread."""
+        self.stop()
+        self._jobs.put(_SHUTDOWN)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def session(self, conversation_id: str):
+        """The Session of an opened conversation (for tests; touch it only while the worker is idle)."""
+        return self._sessions[conversation_id]
+
+    def wait_idle(self) -> None:
+        """Block until every queued job is done (for tests and shutdown)."""
+        self._jobs.join()
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as error:  # noqa: BLE001 - handed to start() to raise on the caller's thread
+            self._load_error = error
+            self._loaded.set()
+            return
+        self._loaded.set()
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is _SHUTDOWN:
+                    return
+                self._handle(job)
+            except Exception as error:  # noqa: BLE001 - reported to the UI, the thread keeps serving
+                self._post(
+                    JobFailed(
+                        getattr(job, "conversation_id", None),
+                        getattr(job, "turn", None),
+                        f"{type(error).__name__}: {error}",
+                        traceback.format_exc(),
+                    )
+                )
+            finally:
+                self._jobs.task_done()
+
+    def _load(self) -> None:
+        import rxt_mlx
+
+        if not self.model_dir.is_dir():
+            raise ModelLoadError(f"{self.model_dir} is not a folder")
+        if not (self.model_dir / "config.json").is_file():
+            raise ModelLoadError(f"{self.model_dir} has no config.json; expected an MLX model folder from rxt-convert")
+        self.model, self.tokenizer = rxt_mlx.load(self.model_dir)
+        self.fingerprint = self.model.fingerprint
+        self.stm_shape = tuple(self.model.initial_stm().shape)
+
+    def _handle(self, job) -> None:
+        if isinstance(job, _Open):
+            self._open(job)
+        elif isinstance(job, _Send):
+            self._send(job)
+        elif isinstance(job, _Forget):
+            self._sessions.pop(job.conversation_id, None)
+
+    def _load_snapshot(self, path: Path):
+        from rxt_mlx.stm import load_stm
+
+        stm, _ = load_stm(path, model_fingerprint=self.fingerprint, expected_shape=self.stm_shape)
+        return stm
+
+    def _new_session(self, stm=None):
+        from rxt_mlx.session import Session
+
+        return Session(self.model, self.tokenizer, stm=stm)
+
+    def _open(self, job: _Open) -> None:
+        from rxt_mlx.stm import STMFileError
+
+        self._sessions.pop(job.conversation_id, None)
+        if job.turn == 0:
+            self._sessions[job.conversation_id] = self._new_session()
+            self._post(SessionReady(job.conversation_id, 0))
+            return
+        try:
+            stm = self._load_snapshot(job.snapshots[job.turn - 1])
+        except (STMFileError, OSError) as error:
+            self._post(SnapshotProblem(job.conversation_id, job.turn, str(error), self._last_good_turn(job)))
+            return
+        self._sessions[job.conversation_id] = self._new_session(stm)
+        self._post(SessionReady(job.conversation_id, job.turn))
+
+    def _last_good_turn(self, job: _Open) -> int:
+        from rxt_mlx.stm import STMFileError
+
+        for turn in range(job.turn - 1, 0, -1):
+            try:
+                self._load_snapshot(job.snapshots[turn - 1])
+            except (STMFileError, OSError):
+                continue
+            return turn
+        return 0
+
+    def _send(self, job: _Send) -> None:
+        from rxt_mlx.session import AnswerDone, MemoryUpdated, TokenEvent
+
+        from rxt_mlx.stm import save_stm
+
+        session = self._sessions.get(job.conversation_id)
+        if session is None:
+            raise RuntimeError(f"conversation {job.conversation_id} is not open (its memory could not be loaded)")
+        previous_stm = session.stm
+        self._post(TurnStarted(job.conversation_id, job.turn))
+        with self._lock:
+            self._active_session = session
+        answer: AnswerDone | None = None
+        try:
+            for event in session.interact(job.query, **self.sampling):
+                if isinstance(event, TokenEvent):
+                    if event.text:
+                        self._post(TokenText(job.conversation_id, job.turn, event.text))
+                elif isinstance(event, AnswerDone):
+                    with self._lock:
+                        self._active_session = None
+                    answer = event
+                    self._post(
+                        AnswerFinished(
+                            job.conversation_id,
+                            job.turn,
+                            event.text,
+                            len(event.tokens),
+                            event.prompt_seconds,
+                            event.ttft_seconds,
+                            event.decode_tokens_per_second,
+                            event.stopped,
+                        )
+                    )
+                elif isinstance(event, MemoryUpdated):
+                    change = memory_change(previous_stm, session.stm)
+                    save_stm(job.snapshot, session.stm, model_fingerprint=self.fingerprint, turn=job.turn)
+                    stats = TurnStats(
+                        tokens=len(answer.tokens),
+                        prompt_seconds=answer.prompt_seconds,
+                        ttft_seconds=answer.ttft_seconds,
+                        tokens_per_second=answer.decode_tokens_per_second,
+                        memory_update_seconds=event.seconds,
+                        stopped=answer.stopped,
+                        memory_change=tuple(change),
+                    )
+                    self._post(TurnSaved(job.conversation_id, job.turn, job.query, answer.text, stats, job.snapshot))
+        finally:
+            with self._lock:
+                self._active_session = None

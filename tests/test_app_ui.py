@@ -1,0 +1,262 @@
+"""The chat UI's state machine, driven by a scripted stand-in for the inference worker.
+
+The stand-in lets a test decide exactly when tokens, the end of the answer and the memory
+update arrive, so ordering cases (a message typed while the memory update still runs, quitting
+mid-update) are deterministic. tests/test_app.py drives the same app with real tiny models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rxt_app.storage import Storage, TurnStats
+from rxt_app.tui import ChatApp
+from rxt_app.widgets import MessageView, StatusLine, bar, format_memory_panel, sparkline
+from rxt_app.worker import AnswerFinished, SessionReady, SnapshotProblem, TokenText, TurnSaved, TurnStarted
+
+from tests.app_helpers import wait_until
+
+FINGERPRINT = "f" * 64
+
+
+class ScriptedWorker:
+    """Records the UI's requests; the test posts the worker's events when it wants them."""
+
+    def __init__(self, fingerprint: str = FINGERPRINT):
+        self.fingerprint = fingerprint
+        self.model_dir = Path("tiny-model")
+        self.app: ChatApp | None = None
+        self.opened: list[tuple[str, int]] = []
+        self.sent: list[tuple[str, int, str, Path]] = []
+        self.forgotten: list[str] = []
+        self.stops = 0
+        self.problem: str | None = None
+
+    def open(self, conversation_id, turn, snapshots):
+        self.opened.append((conversation_id, turn))
+        if self.problem and turn > 0:
+            self.post(SnapshotProblem(conversation_id, turn, self.problem, turn - 1))
+        else:
+            self.post(SessionReady(conversation_id, turn))
+
+    def send(self, conversation_id, turn, query, snapshot):
+        self.sent.append((conversation_id, turn, query, snapshot))
+
+    def forget(self, conversation_id):
+        self.forgotten.append(conversation_id)
+
+    def stop(self):
+        self.stops += 1
+
+    def drop_queued(self):
+        return {}
+
+    def post(self, event):
+        self.app.post_worker_event(event)
+
+    def answer(self, index: int, fragments: list[str], stopped: bool = False) -> None:
+        conversation_id, turn, _, _ = self.sent[index]
+        self.post(TurnStarted(conversation_id, turn))
+        for fragment in fragments:
+            self.post(TokenText(conversation_id, turn, fragment))
+        self.post(AnswerFinished(conversation_id, turn, "".join(fragments), len(fragments), 0.01, 0.02, 50.0, stopped))
+
+    def save(self, index: int, answer: str, change=(0.5, 0.25)) -> None:
+        conversation_id, turn, query, snapshot = self.sent[index]
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.write_bytes(b"stm")
+        stats = TurnStats(3, 0.01, 0.02, 50.0, 0.03, False, tuple(change))
+        self.post(TurnSaved(conversation_id, turn, query, answer, stats, snapshot))
+
+
+def make_app(tmp_path, worker=None):
+    worker = worker or ScriptedWorker()
+    app = ChatApp(worker, Storage(tmp_path / "data"))
+    worker.app = app
+    return app, worker
+
+
+def transcript(app) -> list[tuple[str, int, str]]:
+    return [(view.role, view.turn, view.text) for view in app.query(MessageView)]
+
+
+async def type_and_send(pilot, text: str) -> None:
+    pilot.app.query_one("#prompt").value = text
+    await pilot.press("enter")
+
+
+async def test_stream_update_and_queue_behind_memory_update(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await type_and_send(pilot, "hello there")
+        await wait_until(pilot, lambda: len(worker.sent) == 1)
+        worker.answer(0, ["Hi", " *Ann*"])
+        await wait_until(pilot, lambda: app.memory_state() == "updating")
+        assert transcript(app)[-1] == ("assistant", 1, "Hi *Ann*")
+        assert app.current.title == "hello there"
+        # typed before the memory update finished: queued behind it
+        await type_and_send(pilot, "second")
+        await wait_until(pilot, lambda: len(worker.sent) == 2)
+        assert "your message waits" in app.memory_state()
+        assert "waiting for memory update" in str(app.query_one(StatusLine).render())
+        worker.save(0, "Hi *Ann*")
+        await wait_until(pilot, lambda: app.current.turn_count == 1)
+        assert worker.sent[1][1] == 2
+        worker.answer(1, ["ok"])
+        worker.save(1, "ok")
+        await wait_until(pilot, lambda: app.current.turn_count == 2)
+        status = str(app.query_one(StatusLine).render())
+        assert "TTFT 20 ms" in status and "50.0 tok/s" in status and "mem update 30 ms" in status
+        assert "memory: ready" in status
+
+
+def test_memory_panel_text():
+    assert bar(1.0, 2.0, width=4) == "██··"
+    assert sparkline([0.0, 1.0]) == "▁█"
+    text = format_memory_panel([(0.2, 0.4)], "ready")
+    assert "L0  ████████········ 0.200" in text and "L1  ████████████████ 0.400" in text
+
+
+async def answered_turns(pilot, worker, queries: list[str]) -> None:
+    app = pilot.app
+    for query in queries:
+        index = len(worker.sent)
+        await type_and_send(pilot, query)
+        await wait_until(pilot, lambda index=index: len(worker.sent) == index + 1)
+        worker.answer(index, [f"answer to {query}"])
+        worker.save(index, f"answer to {query}", change=(0.1 * (index + 1), 0.2))
+        await wait_until(pilot, lambda index=index: app.current.turn_count == index + 1)
+
+
+async def test_rewind_fork_delete(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await answered_turns(pilot, worker, ["one", "two", "three"])
+        source = app.current
+        assert [t for _, t, _ in transcript(app)] == [1, 1, 2, 2, 3, 3]
+
+        await pilot.press("ctrl+z")
+        await wait_until(pilot, lambda: app.current.turn_count == 2 and len(transcript(app)) == 4)
+        assert worker.opened[-1] == (source.id, 2)
+        assert not app.storage.snapshot_path(source.id, 3).exists()
+
+        await pilot.press("ctrl+f")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "TextPromptScreen")
+        app.screen.query_one("#answer").value = "9"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: "0 to 2" in str(app.screen.query_one("#error").render()))
+        app.screen.query_one("#answer").value = "1"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.current.id != source.id)
+        fork = app.current
+        assert fork.forked_from == source.id and fork.turn_count == 1
+        assert transcript(app) == [("user", 1, "one"), ("assistant", 1, "answer to one")]
+        assert worker.opened[-1] == (fork.id, 1)
+
+        await pilot.press("f8")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ != "ConfirmScreen")
+        assert app.storage.conversation(fork.id).turn_count == 1
+        await pilot.press("f8")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen")
+        await pilot.click("#confirm")
+        await wait_until(pilot, lambda: app.current.id == source.id)
+        assert [c.id for c in app.storage.conversations()] == [source.id]
+        assert worker.forgotten == [fork.id]
+
+
+async def test_foreign_model_is_read_only(tmp_path):
+    storage = Storage(tmp_path / "data")
+    foreign = storage.create_conversation("old chat", "0" * 64)
+    storage.close()
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.current is not None)
+        assert app.current.id == foreign.id
+        assert worker.opened == []
+        notice = str(app.query_one("#notice").render())
+        assert "another model" in notice and "000000000000" in notice
+        assert app.query_one("#prompt").disabled
+        await pilot.press("ctrl+n")
+        await wait_until(pilot, lambda: app.current.id != foreign.id and app.state(app.current.id).ready)
+        assert not app.query_one("#prompt").disabled
+
+
+async def test_corrupt_snapshot_offers_rewind(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await answered_turns(pilot, worker, ["one", "two"])
+        conversation_id = app.current.id
+    worker = ScriptedWorker()
+    worker.problem = "turn 2 snapshot: STM bytes do not match their checksum (the file is corrupt)"
+    app, worker = make_app(tmp_path, worker)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.state(conversation_id).problem is not None)
+        notice = str(app.query_one("#notice").render())
+        assert "checksum" in notice and "rewind to turn 1" in notice
+        assert app.query_one("#prompt").disabled
+        worker.problem = None
+        await pilot.press("ctrl+z")
+        await wait_until(pilot, lambda: app.current.turn_count == 1 and app.state(conversation_id).ready)
+        assert not app.query_one("#prompt").disabled
+        assert not app.query_one("#notice").display
+
+
+async def test_copy_export_help_palette_stop(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await answered_turns(pilot, worker, ["Hi, I'm Ann."])
+        await pilot.press("ctrl+y")
+        assert app.clipboard == "answer to Hi, I'm Ann."
+
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "TextPromptScreen")
+        target = tmp_path / "out" / "chat.md"
+        app.screen.query_one("#answer").value = str(target)
+        await pilot.press("enter")
+        await wait_until(pilot, target.exists)
+        text = target.read_text()
+        assert "## Turn 1" in text and "Hi, I'm Ann." in text and "answer to Hi, I'm Ann." in text
+
+        await pilot.press("f1")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "HelpScreen")
+        help_text = "\n".join(str(w.render()) for w in app.screen.query("Static"))
+        for key in ("ctrl+n", "f2", "f8", "ctrl+z", "ctrl+f", "ctrl+y", "ctrl+s", "ctrl+t", "escape", "ctrl+q"):
+            assert key in help_text
+        await pilot.press("escape")
+
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        for title, _ in ChatApp.ACTION_HELP.values():
+            assert title in titles
+
+        await pilot.press("ctrl+t")
+        await wait_until(pilot, lambda: app.query_one("#memory").display)
+        panel = str(app.query_one("#memory").render())
+        assert "L0" in panel and "0.100" in panel and "L1" in panel and "0.200" in panel
+
+        await type_and_send(pilot, "tell me more")
+        await wait_until(pilot, lambda: len(worker.sent) == 2)
+        await pilot.press("escape")
+        assert worker.stops == 1
+
+
+async def test_quit_waits_for_memory_update(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await type_and_send(pilot, "remember this")
+        await wait_until(pilot, lambda: len(worker.sent) == 1)
+        worker.answer(0, ["sure"])
+        await wait_until(pilot, lambda: app.memory_state() == "updating")
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert app.is_running and app.quitting
+        worker.save(0, "sure")
+        await wait_until(pilot, lambda: not app.is_running)
+    storage = Storage(tmp_path / "data")
+    assert storage.conversations()[0].turn_count == 1
