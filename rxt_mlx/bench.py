@@ -1,0 +1,496 @@
+"""rxt-bench: per-turn latency of RxT against a stateless decoder of the same size.
+
+A scripted conversation of N turns, every query Q tokens and every answer forced to A tokens,
+is run turn by turn on (1) the RxT model through :class:`rxt_mlx.session.Session`, (2) an
+mlx-lm decoder of equal dimensions that re-prefills the whole history every turn, (3) the same
+decoder keeping its KV cache across turns and, with ``--reference``, (4) the PyTorch reference
+RxT. The systems take turns, so background load on the machine hits them alike; ratios
+within one run are the result, absolute times are machine- and load-dependent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_OUT = Path("rxt-bench-results")
+DTYPES = ("float32", "float16", "bfloat16")
+_QUERY_WORDS = (
+    "the memory of a reactive model keeps short notes about every turn while we talk over "
+    "coffee and plans trips to old towns near rivers and hills with friends"
+).split()
+TARGETS = {
+    "rxt_ttft_last_over_first": ("<=", 1.05),
+    "baseline_ttft_last_over_rxt": (">=", 10.0),
+    "cached_baseline_ttft_last_over_rxt": None,
+    "rxt_decode_tps_over_baseline_turn1": (">=", 0.85),
+    "rxt_decode_tps_over_cached_baseline_last": (">=", 1.0),
+    "rxt_ttft_after_memory_update_over_first": ("<=", 1.05),
+}
+
+
+@dataclass
+class BenchOptions:
+    """What rxt-bench runs; see :func:`build_parser` for the meaning of each field."""
+
+    model: Path | None = None
+    turns: int = 32
+    query_tokens: int = 32
+    answer_tokens: int = 32
+    out: Path = DEFAULT_OUT
+    reference: bool = False
+    dtype: str | None = None
+    seed: int = 0
+    warmup_turns: int = 2
+    memory_update_tokens: int = 256
+    progress: bool = True
+    plot: bool = True
+
+
+@dataclass
+class Script:
+    """The scripted conversation: per turn the query text, its prompt ids and the forced answer."""
+
+    query_texts: list[str]
+    query_ids: list[list[int]]
+    answer_ids: list[list[int]]
+    end_ids: list[int]
+
+
+@dataclass
+class Timing:
+    """When the tokens of one answer arrived."""
+
+    ttft_seconds: float
+    decode_seconds: float
+    tokens: int
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return (self.tokens - 1) / self.decode_seconds if self.tokens > 1 and self.decode_seconds > 0 else 0.0
+
+
+def default_model_folder() -> Path | None:
+    """The bundled demo model folder, when the package ships one."""
+    folder = Path(__file__).parent / "demo"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def query_text(encode: Callable[[str], list[int]], n_tokens: int, seed: int) -> str:
+    """Text of (at most, and normally exactly) ``n_tokens`` tokens, different for every seed."""
+    rng = random.Random(seed)
+    words: list[str] = []
+    count = 0
+    while count < n_tokens:
+        for word in rng.sample(_QUERY_WORDS, len(_QUERY_WORDS)):
+            trial = len(encode(" ".join([*words, word])))
+            if count < trial <= n_tokens:
+                words.append(word)
+                count = trial
+                break
+        else:
+            break
+    return " ".join(words)
+
+
+def build_script(tokenizer, turns: int, query_tokens: int, answer_tokens: int, vocab_size: int, seed: int) -> Script:
+    """N turns of queries of ``query_tokens`` tokens and random non-special answers of ``answer_tokens``."""
+    rng = random.Random(seed)
+    special = set(tokenizer.special_ids)
+    ordinary = [token for token in range(min(vocab_size, tokenizer.vocab_size)) if token not in special]
+    texts = [query_text(tokenizer.encode, query_tokens, seed * 1000 + turn) for turn in range(turns)]
+    return Script(
+        query_texts=texts,
+        query_ids=[tokenizer.query_ids(text) for text in texts],
+        answer_ids=[[rng.choice(ordinary) for _ in range(answer_tokens)] for _ in range(turns)],
+        end_ids=[tokenizer.eos_id],
+    )
+
+
+def measure(tokens: Iterator[int]) -> Timing:
+    """Consume a token stream; time to first token and first-to-last token time."""
+    start = time.perf_counter()
+    first = last = None
+    count = 0
+    for _ in tokens:
+        last = time.perf_counter()
+        first = first or last
+        count += 1
+    if first is None:
+        raise RuntimeError("the system produced no token")
+    return Timing(first - start, last - first, count)
+
+
+def peak_memory() -> tuple[float, str]:
+    """(MB, source): MLX's peak allocation since the last reset, else the process's peak RSS."""
+    import mlx.core as mx
+
+    peak = mx.get_peak_memory()
+    if peak:
+        return peak / 2**20, "mlx"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "rss"
+
+
+class RxTChat:
+    """The RxT side: one :class:`~rxt_mlx.session.Session`, answers forced through ``force_tokens``."""
+
+    def __init__(self, model, tokenizer, seed: int):
+        from rxt_mlx.session import Session
+
+        self.session = Session(model, tokenizer, stm=model.initial_stm(batch=1, seed=seed))
+        self.memory_update_seconds: float | None = None
+
+    def answer(self, query: str, answer_ids: Sequence[int]) -> Iterator[int]:
+        from rxt_mlx.session import MemoryUpdated, TokenEvent
+
+        self.memory_update_seconds = None
+        events = self.session.interact(
+            query, max_tokens=len(answer_ids), temperature=0.0, force_tokens=list(answer_ids)
+        )
+        for event in events:
+            if isinstance(event, TokenEvent):
+                yield event.id
+            elif isinstance(event, MemoryUpdated):
+                self.memory_update_seconds = event.seconds
+
+
+def _system_rows(
+    system: str,
+    turn: int,
+    timing: Timing,
+    prompt_tokens: int,
+    context_tokens: int,
+    memory_update_seconds: float | None,
+    memory: tuple[float, str],
+):
+    from rxt_mlx.bench_report import TurnRow
+
+    return TurnRow(
+        system=system,
+        turn=turn,
+        prompt_tokens=prompt_tokens,
+        context_tokens=context_tokens,
+        answer_tokens=timing.tokens,
+        ttft_seconds=timing.ttft_seconds,
+        decode_seconds=timing.decode_seconds,
+        decode_tokens_per_second=timing.decode_tokens_per_second,
+        memory_update_seconds=memory_update_seconds,
+        peak_memory_mb=memory[0],
+        memory_source=memory[1],
+    )
+
+
+def _parameter_count(module) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(value.size for _, value in tree_flatten(module.parameters()))
+
+
+def time_memory_update(model, length: int, seed: int, repeats: int = 3) -> float:
+    """Median seconds of one memory update (encoder + memory attention) over a ``length``-token interaction."""
+    import mlx.core as mx
+
+    ids = mx.random.randint(8, model.config.decoder.vocab_size, (1, length), key=mx.random.key(seed)).astype(mx.int32)
+    stm = model.initial_stm(batch=1, seed=seed)
+    mx.eval(model.update_memory(stm, ids))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        mx.eval(model.update_memory(stm, ids))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def evaluate_targets(rows, memory_update_256: float | None) -> dict:
+    """The summary ratios of the issue with their targets and pass/fail (None: reported only)."""
+    from rxt_mlx.bench_report import series
+
+    def first(system: str, field: str) -> float | None:
+        values = series(rows, system, field)
+        return values[0] if values else None
+
+    def last(system: str, field: str) -> float | None:
+        values = series(rows, system, field)
+        return values[-1] if values else None
+
+    rxt_ttft = series(rows, "rxt", "ttft_seconds")
+    values = {
+        "rxt_ttft_last_over_first": _ratio(last("rxt", "ttft_seconds"), first("rxt", "ttft_seconds")),
+        "baseline_ttft_last_over_rxt": _ratio(last("baseline", "ttft_seconds"), last("rxt", "ttft_seconds")),
+        "cached_baseline_ttft_last_over_rxt": _ratio(
+            last("baseline_cached", "ttft_seconds"), last("rxt", "ttft_seconds")
+        ),
+        "rxt_decode_tps_over_baseline_turn1": _ratio(
+            first("rxt", "decode_tokens_per_second"), first("baseline", "decode_tokens_per_second")
+        ),
+        "rxt_decode_tps_over_cached_baseline_last": _ratio(
+            last("rxt", "decode_tokens_per_second"), last("baseline_cached", "decode_tokens_per_second")
+        ),
+        "rxt_ttft_after_memory_update_over_first": _ratio(
+            statistics.median(rxt_ttft[1:]) if len(rxt_ttft) > 1 else None, first("rxt", "ttft_seconds")
+        ),
+    }
+    targets = {}
+    for name, value in values.items():
+        rule = TARGETS[name]
+        passed = None
+        if rule is not None and value is not None:
+            passed = value <= rule[1] if rule[0] == "<=" else value >= rule[1]
+        targets[name] = {"value": value, "target": f"{rule[0]} {rule[1]}" if rule else "reported", "pass": passed}
+    if len(rxt_ttft) >= 6:
+        smoothed = statistics.median(rxt_ttft[-3:]) / statistics.median(rxt_ttft[:3])
+        targets["rxt_ttft_last3_over_first3_median"] = {"value": smoothed, "target": "reported", "pass": None}
+    if any(row.system == "reference" for row in rows):
+        targets["reference_ttft_over_mlx_ttft_mean"] = {
+            "value": _ratio(_mean(series(rows, "reference", "ttft_seconds")), _mean(rxt_ttft)),
+            "target": "reported",
+            "pass": None,
+        }
+        targets["mlx_decode_tps_over_reference_mean"] = {
+            "value": _ratio(
+                _mean(series(rows, "rxt", "decode_tokens_per_second")),
+                _mean(series(rows, "reference", "decode_tokens_per_second")),
+            ),
+            "target": "reported",
+            "pass": None,
+        }
+        targets["reference_memory_update_over_mlx_mean"] = {
+            "value": _ratio(
+                _mean(series(rows, "reference", "memory_update_seconds")),
+                _mean(series(rows, "rxt", "memory_update_seconds")),
+            ),
+            "target": "reported",
+            "pass": None,
+        }
+    targets["memory_update_256_tokens_seconds"] = {"value": memory_update_256, "target": "reported", "pass": None}
+    return targets
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.fmean(present) if present else None
+
+
+def summarize(rows) -> dict:
+    """Per system: mean / first / last TTFT, mean decode tokens/s, mean memory update, max peak memory."""
+    from rxt_mlx.bench_report import series, systems_in
+
+    summary = {}
+    for system in systems_in(rows):
+        ttft = series(rows, system, "ttft_seconds")
+        summary[system] = {
+            "ttft_seconds_first": ttft[0],
+            "ttft_seconds_last": ttft[-1],
+            "ttft_seconds_mean": statistics.fmean(ttft),
+            "decode_tokens_per_second_mean": statistics.fmean(series(rows, system, "decode_tokens_per_second")),
+            "memory_update_seconds_mean": _mean(series(rows, system, "memory_update_seconds")),
+            "peak_memory_mb_max": max(series(rows, system, "peak_memory_mb")),
+        }
+    return summary
+
+
+def _cast(model, dtype_name: str | None):
+    import mlx.core as mx
+
+    if dtype_name:
+        model.set_dtype(getattr(mx, dtype_name))
+        mx.eval(model.parameters())
+    return model
+
+
+def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print):
+    """Run the benchmark; returns ``(rows, report)`` (report: everything of the JSON but the rows)."""
+    import mlx.core as mx
+    from tqdm import tqdm
+
+    from rxt_mlx import load
+    from rxt_mlx.baseline import StatelessChat, baseline_shape, build_baseline
+    from rxt_mlx.machine import machine_info
+
+    machine = machine_info()
+    if machine["blas_hint"]:
+        log(f"hint: {machine['blas_hint']}")
+    folder = options.model or default_model_folder()
+    if folder is None:
+        raise SystemExit("rxt-bench: no bundled demo model in this install; pass --model DIR (an rxt-mlx model folder)")
+    model, tokenizer = load(folder)
+    _cast(model, options.dtype)
+    config = model.config
+    shape = baseline_shape(config.decoder)
+    baseline = build_baseline(shape, seed=options.seed, dtype=model.dtype)
+    script = build_script(
+        tokenizer, options.turns, options.query_tokens, options.answer_tokens, config.decoder.vocab_size, options.seed
+    )
+    reference = None
+    if options.reference:
+        from rxt_mlx.bench_reference import ReferenceRunner
+
+        reference = ReferenceRunner(folder, model, options.dtype)
+        log(f"PyTorch reference: {reference.weights_note}")
+
+    makers: dict[str, Callable[[], object]] = {
+        "rxt": lambda: RxTChat(model, tokenizer, options.seed),
+        "baseline": lambda: StatelessChat(baseline, keep_cache=False),
+        "baseline_cached": lambda: StatelessChat(baseline, keep_cache=True),
+    }
+    if reference is not None:
+        makers["reference"] = lambda: reference.chat(options.seed)
+
+    def run_turn(chat, turn: int) -> Timing:
+        if isinstance(chat, StatelessChat):
+            return measure(chat.answer(script.query_ids[turn], script.answer_ids[turn], script.end_ids))
+        if isinstance(chat, RxTChat):
+            return measure(chat.answer(script.query_texts[turn], script.answer_ids[turn]))
+        return chat.timed_answer(script.query_ids[turn], script.answer_ids[turn])
+
+    log(f"warming up ({options.warmup_turns} turns per system)")
+    for make_chat in makers.values():
+        chat = make_chat()
+        for turn in range(min(options.warmup_turns, options.turns)):
+            run_turn(chat, turn)
+    update_length = min(options.memory_update_tokens, config.encoder.seq_len)
+    memory_update_256 = time_memory_update(model, update_length, options.seed)
+    chats = {system: make() for system, make in makers.items()}
+    rows = []
+    bar = tqdm(range(options.turns), desc="rxt-bench", unit="turn", disable=not options.progress, file=sys.stderr)
+    for turn in bar:
+        for system, chat in chats.items():
+            if isinstance(chat, StatelessChat):
+                prompt_tokens = len(chat.prompt_for(script.query_ids[turn]))
+                context_tokens = len(chat.history) + len(script.query_ids[turn])
+            else:
+                prompt_tokens = context_tokens = len(script.query_ids[turn])
+            mx.synchronize()
+            mx.reset_peak_memory()
+            timing = run_turn(chat, turn)
+            memory = peak_memory()
+            update = getattr(chat, "memory_update_seconds", None)
+            rows.append(_system_rows(system, turn + 1, timing, prompt_tokens, context_tokens, update, memory))
+        bar.set_postfix(
+            {system: f"{rows[-len(chats) + i].ttft_seconds * 1000:.0f}ms" for i, system in enumerate(chats)}
+        )
+    bar.close()
+    report = {
+        "machine": machine,
+        "options": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(options).items()},
+        "model": {
+            "folder": str(folder),
+            "parameters": _parameter_count(model),
+            "decoder": config.decoder.to_dict(),
+            "stm_shape": list(config.stm_shape),
+            "memory_attention_variant": config.memory_attention_variant,
+            "quantization": config.extra.get("quantization"),
+            "dtype": str(model.dtype),
+            "query_tokens_per_turn": [len(ids) for ids in script.query_ids],
+        },
+        "baseline": {
+            "implementation": "mlx_lm.models.llama.Model, random weights, mlx_lm.generate.generate_step",
+            "parameters": _parameter_count(baseline),
+            "shape": asdict(shape),
+        },
+        "reference": reference.describe() if reference is not None else None,
+        "memory_update_tokens": update_length,
+        "summary": summarize(rows),
+    }
+    report["targets"] = evaluate_targets(rows, memory_update_256)
+    return rows, report
+
+
+def format_targets(targets: dict) -> str:
+    lines = []
+    for name, entry in targets.items():
+        value = entry["value"]
+        shown = "n/a" if value is None else f"{value:.3f}"
+        verdict = {True: "PASS", False: "FAIL", None: ""}[entry["pass"]]
+        lines.append(f"  {name:<45} {shown:>10}  {entry['target']:<10} {verdict}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rxt-bench",
+        description="Per-turn latency of RxT vs a stateless decoder of the same size (table, CSV, JSON, PNG).",
+    )
+    parser.add_argument("--model", type=Path, help="rxt-mlx model folder (default: the bundled demo model)")
+    parser.add_argument("--turns", type=int, default=32, help="turns in the scripted conversation (default 32)")
+    parser.add_argument("--query-tokens", type=int, default=32, help="tokens per query (default 32)")
+    parser.add_argument("--answer-tokens", type=int, default=32, help="tokens per answer, forced (default 32)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--reference", action="store_true", help="also time the PyTorch reference RxT")
+    parser.add_argument("--dtype", choices=DTYPES, help="cast the models to this dtype (default: as stored)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the script, STM and baseline weights")
+    parser.add_argument("--warmup-turns", type=int, default=2, help="untimed turns per system first (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plot", action="store_true", help="no PNG; print the terminal chart instead")
+    return parser
+
+
+def parse_options(argv: list[str] | None) -> BenchOptions:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("turns", "query_tokens", "answer_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    return BenchOptions(
+        model=args.model,
+        turns=args.turns,
+        query_tokens=args.query_tokens,
+        answer_tokens=args.answer_tokens,
+        out=args.out,
+        reference=args.reference,
+        dtype=args.dtype,
+        seed=args.seed,
+        warmup_turns=args.warmup_turns,
+        progress=not args.no_progress,
+        plot=not args.no_plot,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rxt-bench``."""
+    from rxt_mlx.bench_report import format_table, latency_chart_text, write_csv, write_json, write_plot
+
+    options = parse_options(argv)
+    rows, report = run_benchmark(options)
+    machine = report["machine"]
+    print(
+        f"machine: {machine['cpu']} ({machine['cpu_count']} cores), {machine['os']}, MLX {machine['mlx']} on "
+        f"{machine['mlx_device']}, mlx-lm {machine['mlx_lm']}, Python {machine['python']}, "
+        f"BLAS: {machine['blas']['label']} ({machine['blas']['path'] or 'not found'})"
+    )
+    print(format_table(rows))
+    print("targets:")
+    print(format_targets(report["targets"]))
+    options.out.mkdir(parents=True, exist_ok=True)
+    write_csv(options.out / "latency.csv", rows)
+    write_json(options.out / "latency.json", report, rows)
+    title = (
+        f"RxT vs stateless baseline: {options.turns} turns, Q={options.query_tokens}, A={options.answer_tokens} "
+        f"({machine['cpu']}, {machine['blas']['label']})"
+    )
+    if options.plot and write_plot(options.out / "latency.png", rows, title):
+        print(f"wrote {options.out / 'latency.csv'}, latency.json, latency.png")
+    else:
+        print(latency_chart_text(rows))
+        print(f"wrote {options.out / 'latency.csv'}, latency.json (no PNG: pip install 'rxt-mlx[plot]')")
+    if machine["blas_hint"]:
+        print(f"hint: {machine['blas_hint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
