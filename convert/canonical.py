@@ -72,19 +72,22 @@ def uses_legacy_moe(keys) -> dict[str, bool]:
 
 
 def adapt_config_for_legacy_moe(config: dict[str, Any], keys) -> list[str]:
-    """Rewrite component configs whose experts are stored the legacy way.
+    """Rewrite component configs that use the legacy expert layout to the vectorized one.
 
-    Legacy (pre-0.3.10) experts carry their own biases, so after stacking them the model is a
-    vectorized MoE with ``moe_bias_mode='local'``. Returns a note per changed component.
+    Legacy (pre-0.3.10, ``use_vectorized_moe=false``) experts carry their own biases, so after
+    stacking them the model is a vectorized MoE with ``moe_bias_mode='local'``. The canonical
+    layout is always vectorized. Returns a note per component whose stored experts were legacy.
     """
     notes = []
-    for component, legacy in uses_legacy_moe(keys).items():
+    legacy_keys = uses_legacy_moe(keys)
+    for component, legacy in legacy_keys.items():
         section = config.get(f"{component}_config")
-        if not legacy or not isinstance(section, dict):
+        if not isinstance(section, dict) or not (legacy or section.get("use_vectorized_moe", True) is False):
             continue
         section["use_vectorized_moe"] = True
         section["moe_bias_mode"] = "local"
-        notes.append(f"{component}: legacy expert list stacked to vectorized MoE (moe_bias_mode set to 'local')")
+        if legacy:
+            notes.append(f"{component}: legacy expert list stacked to vectorized MoE (moe_bias_mode set to 'local')")
     return notes
 
 

@@ -214,6 +214,7 @@ def convert(options: Options, log=print) -> Path:
     for note in canonical.adapt_config_for_legacy_moe(config_values, source.tensors):
         log(note)
     config = RxTConfig.from_dict(config_values)
+    _check_template_ids(config)
     _check_interlayer_quirk(config, source)
     planned = canonical.plan(source.tensors)
     canonical.check(planned, canonical.expected_shapes(config))
@@ -230,6 +231,15 @@ def convert(options: Options, log=print) -> Path:
         staging.rename(options.output)
     log(f"wrote {options.output}")
     return options.output
+
+
+def _check_template_ids(config: RxTConfig) -> None:
+    vocab_size = config.decoder.vocab_size
+    for name, value in config.tokenizer.to_dict().items():
+        if value is not None and not 0 <= value < vocab_size:
+            raise ConversionError(
+                f"tokenizer_config: {name} {value} is outside the vocabulary (vocab_size {vocab_size})"
+            )
 
 
 def _check_interlayer_quirk(config: RxTConfig, source: Source) -> None:
@@ -251,12 +261,13 @@ def _parent(output: Path) -> Path:
 def write_mlx_model(config: RxTConfig, weights: dict, dtype: str, options: Options, folder: Path) -> None:
     """Load ``weights`` strictly into an MLX RxT, quantize if asked, and save it to ``folder``."""
     import mlx.core as mx
+
     from rxt_mlx.model import RxT, quantize_model, save_model
     from rxt_mlx.weights import load_weights, sanitize
 
     target = getattr(mx, dtype)
     model = RxT(config)
-    mlx_weights = {name: mx.array(value).astype(target) for name, value in sanitize(weights).items()}
+    mlx_weights = {name: value.astype(target) for name, value in sanitize(weights).items()}
     weights.clear()
     load_weights(model, mlx_weights)
     del mlx_weights

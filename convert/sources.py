@@ -304,7 +304,9 @@ def read_source(
     elif (source / "config.json").is_file():
         result = read_full_folder(source)
     elif all((source / name / "config.json").is_file() for name in COMPONENTS):
-        return read_component_folders(*(source / name for name in COMPONENTS), variant=variant)
+        result = read_component_folders(*(source / name for name in COMPONENTS), variant=variant)
+        result.tokenizer_dirs.insert(0, source)
+        return result
     else:
         raise SourceError(f"{source}: no config.json, and no decoder/, encoder/, memory_attention/ component folders")
     if variant is not None:
