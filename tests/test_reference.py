@@ -188,7 +188,7 @@ def test_rope_matches_hand_rotation():
     rope = RotaryPositionalEmbedding(head_dim=4, max_seq_len=8, base=100.0)
     x = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 4)
     position = 5
-    out = rope.rotate(x, torch.tensor([position])).flatten()
+    out = rope.rotate(x, position).flatten()
     theta0, theta1 = position * 1.0, position * 100.0 ** (-2 / 4)
     expected = [
         1 * math.cos(theta0) - 2 * math.sin(theta0),
@@ -199,7 +199,7 @@ def test_rope_matches_hand_rotation():
     assert out.tolist() == pytest.approx(expected, abs=1e-6)
     assert rope.inv_freq.tolist() == pytest.approx([1.0, 0.1])
     assert rope.cache[position].tolist() == pytest.approx([theta0, theta1])
-    beyond = rope.rotate(x, torch.tensor([20])).flatten()
+    beyond = rope.rotate(x, 20).flatten()
     assert beyond[0].item() == pytest.approx(math.cos(20.0) - 2 * math.sin(20.0), abs=1e-5)
 
 

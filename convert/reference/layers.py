@@ -68,15 +68,16 @@ class RotaryPositionalEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq)
         self.register_buffer("cache", torch.outer(positions, inv_freq))
 
-    def angles(self, positions: torch.Tensor) -> torch.Tensor:
-        """Angles ``(T, hd/2)`` for integer positions ``(T,)``; beyond the cache, from inv_freq."""
-        if int(positions.max()) < self.cache.shape[0]:
-            return self.cache[positions]
-        return torch.outer(positions.to(self.inv_freq.dtype), self.inv_freq)
+    def angles(self, offset: int, length: int) -> torch.Tensor:
+        """Angles ``(T, hd/2)`` of positions ``offset..offset+T-1``; beyond the cache, from inv_freq."""
+        if offset + length <= self.cache.shape[0]:
+            return self.cache[offset : offset + length]
+        positions = torch.arange(offset, offset + length, device=self.inv_freq.device, dtype=self.inv_freq.dtype)
+        return torch.outer(positions, self.inv_freq)
 
-    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x (B, H, T, hd)`` at ``positions (T,)``."""
-        angles = self.angles(positions).to(x.dtype)
+    def rotate(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Rotate ``x (B, H, T, hd)`` whose tokens sit at positions ``offset..offset+T-1``."""
+        angles = self.angles(offset, x.shape[2]).to(x.dtype)
         cos, sin = angles.cos(), angles.sin()
         even, odd = x[..., 0::2], x[..., 1::2]
         rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
@@ -149,14 +150,12 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, heads, self.shape.head_dim).transpose(1, 2)
 
-    def project_kv(self, x_kv: torch.Tensor, positions: torch.Tensor | None = None):
-        """Keys and values ``(B, H_kv, T, hd)``; keys rotated when RoPE applies to k."""
+    def project_kv(self, x_kv: torch.Tensor, offset: int = 0):
+        """Keys and values ``(B, H_kv, T, hd)``; keys rotated (from ``offset``) when RoPE applies to k."""
         keys = self._heads(self.k_proj(x_kv), self.shape.kv_heads)
         values = self._heads(self.v_proj(x_kv), self.shape.kv_heads)
         if self.rope is not None and "k" in self.rope_on:
-            if positions is None:
-                positions = torch.arange(x_kv.shape[1], device=x_kv.device)
-            keys = self.rope.rotate(keys, positions)
+            keys = self.rope.rotate(keys, offset)
         return keys, values
 
     def forward(
@@ -166,7 +165,7 @@ class Attention(nn.Module):
         *,
         causal: bool = False,
         mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
+        offset: int | None = None,
         cache: KVCache | None = None,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
@@ -176,20 +175,19 @@ class Attention(nn.Module):
             causal: causal mask (decoder self-attention); with a cache, query i sits at
                 position ``offset + i``.
             mask: key padding mask ``(B, Tk)``, True = keep.
-            positions: positions ``(Tq,)`` of the queries (default 0..Tq-1, or continuing the
-                cache); self-attention keys share them.
+            offset: position of the first query (default: the cache length, or 0);
+                self-attention keys share the queries' positions, other keys start at 0.
             cache: self-attention KV cache, extended in place.
             kv: precomputed ``(keys, values)`` (memory cross-attention, projected once per turn).
         """
         batch, length, _ = x_q.shape
-        offset = cache.offset if cache is not None else 0
-        if positions is None:
-            positions = torch.arange(offset, offset + length, device=x_q.device)
+        if offset is None:
+            offset = cache.offset if cache is not None else 0
         queries = self._heads(self.q_proj(x_q), self.shape.query_heads)
         if self.rope is not None and "q" in self.rope_on:
-            queries = self.rope.rotate(queries, positions)
+            queries = self.rope.rotate(queries, offset)
         if kv is None:
-            keys, values = self.project_kv(x_q if x_kv is None else x_kv, positions if x_kv is None else None)
+            keys, values = self.project_kv(x_q, offset) if x_kv is None else self.project_kv(x_kv)
         else:
             keys, values = kv
         if cache is not None:

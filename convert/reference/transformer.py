@@ -90,15 +90,15 @@ class TransformerLayer(nn.Module):
         *,
         memory: tuple[torch.Tensor, torch.Tensor] | None = None,
         mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
+        offset: int = 0,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         normed = self.norm1(x)
         x = x + self.attention(
-            normed, causal=self.causal, mask=None if self.causal else mask, positions=positions, cache=cache
+            normed, causal=self.causal, mask=None if self.causal else mask, offset=offset, cache=cache
         )
         if memory is not None:
-            x = x + self.memory_cross_attention(self.norm2(x), kv=memory, positions=positions)
+            x = x + self.memory_cross_attention(self.norm2(x), kv=memory, offset=offset)
         return x + self.ff(self.norm3(x))
 
 
@@ -201,12 +201,11 @@ class RxTDecoder(nn.Module):
         """
         model = self.model
         x = model.embedding(input_ids)
-        batch, length = input_ids.shape
+        batch = input_ids.shape[0]
         if memory is None and self.config.has_memory_cross_attention:
             stm = _broadcast_stm(model.stm.memory if stm is None else stm, batch)
             memory = self.project_memory(stm)
         offset = cache[0].offset if cache else 0
-        positions = torch.arange(offset, offset + length, device=input_ids.device)
         layers = model.all_layers()
         first_stateful = len(model.stateless_layers or [])
         for index, layer in enumerate(layers):
@@ -214,7 +213,7 @@ class RxTDecoder(nn.Module):
             layer_memory = None
             if memory is not None and 0 <= stateful_index < len(model.layers):
                 layer_memory = memory[stateful_index]
-            x = layer(x, memory=layer_memory, positions=positions, cache=cache[index] if cache else None)
+            x = layer(x, memory=layer_memory, offset=offset, cache=cache[index] if cache else None)
         if model.head_norm is not None:
             x = model.head_norm(x)
         return model.head(x)
