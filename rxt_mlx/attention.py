@@ -18,13 +18,29 @@ from rxt_mlx.layers import activation
 
 @dataclass(frozen=True)
 class Rope:
-    """Interleaved ("traditional", GPT-J) rotary embedding over the whole head dimension."""
+    """Interleaved ("traditional", GPT-J) rotary embedding over the whole head dimension.
+
+    In half precision the reference rounds the angles ``position * inv_freq`` to the
+    activation dtype before cos/sin (a bf16-trained model learned those rotations), so the
+    angles are rounded the same way here; fp32 uses ``mx.fast.rope``.
+    """
 
     head_dim: int
     base: float
 
     def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
-        return mx.fast.rope(x, self.head_dim, traditional=True, base=self.base, scale=1.0, offset=offset)
+        if x.dtype == mx.float32:
+            return mx.fast.rope(x, self.head_dim, traditional=True, base=self.base, scale=1.0, offset=offset)
+        return self._rotate_with_rounded_angles(x, offset)
+
+    def _rotate_with_rounded_angles(self, x: mx.array, offset: int) -> mx.array:
+        exponents = mx.arange(0, self.head_dim, 2, dtype=mx.float32) / self.head_dim
+        inv_freq = 1.0 / mx.power(mx.array(self.base, dtype=mx.float32), exponents)
+        positions = mx.arange(offset, offset + x.shape[-2], dtype=mx.float32)
+        angles = (positions[:, None] * inv_freq).astype(x.dtype)  # (T, hd/2)
+        cos, sin = mx.cos(angles), mx.sin(angles)
+        even, odd = x[..., 0::2], x[..., 1::2]
+        return mx.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1).reshape(x.shape)
 
 
 class Attention(nn.Module):

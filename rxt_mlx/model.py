@@ -44,13 +44,18 @@ class RxT(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the config and the weights (of the files, for a loaded model)."""
+        """sha256 of the config and every weight (names, dtypes, shapes, bytes); computed once.
+
+        A saved and reloaded model has the fingerprint of the model it was saved from.
+        """
         if self._fingerprint is None:
-            digest = _config_digest(self.config)
-            for name, value in sorted(tree_flatten(self.parameters())):
-                digest.update(name.encode())
-                digest.update(str(value.dtype).encode())
-                digest.update(bytes(memoryview(_bit_view(value))))
+            values = self.config.to_dict()
+            for key in ("format", "format_version"):
+                values.pop(key, None)
+            digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
+            for name, value in sorted(tree_flatten(self.parameters()), key=lambda item: item[0]):
+                digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+                digest.update(memoryview(value.view(mx.uint16) if value.dtype == mx.bfloat16 else value))
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -63,18 +68,6 @@ class RxT(nn.Module):
     def update_memory(self, stm: mx.array, ids: mx.array, mask: mx.array | None = None) -> mx.array:
         """STM_t from STM_{t-1} and the whole interaction ``ids`` (B, T): encoder + memory attention."""
         return self.memory_attention(stm, self.encoder(ids, mask), mask)
-
-
-def _bit_view(value: mx.array) -> mx.array:
-    """An array whose buffer numpy/memoryview can read (bfloat16 reinterpreted as uint16)."""
-    return value.view(mx.uint16) if value.dtype == mx.bfloat16 else value
-
-
-def _config_digest(config: RxTConfig):
-    values = config.to_dict()
-    values.pop("format", None)
-    values.pop("format_version", None)
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode())
 
 
 def _quantizable(path: str, module: nn.Module, group_size: int) -> bool:
@@ -153,7 +146,7 @@ def load_model(path: str | Path) -> RxT:
 
     Reads ``config.json`` and the weights (``model.safetensors`` or shards listed in
     ``model.safetensors.index.json``), re-applies the recorded quantization, loads the weights
-    strictly and sets ``model.fingerprint`` from the config and the weight files.
+    strictly and computes ``model.fingerprint``.
     """
     folder = Path(path)
     config = _read_config(folder)
@@ -172,10 +165,5 @@ def load_model(path: str | Path) -> RxT:
             class_predicate=lambda prefix, module: f"{prefix}.scales" in weights,
         )
     load_weights(model, weights)
-    digest = _config_digest(config)
-    for file in files:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-    model._fingerprint = digest.hexdigest()
+    model.fingerprint  # noqa: B018 - hash while the weights are fresh in memory
     return model

@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
 import rxt_mlx
+from rxt_mlx.attention import Rope
 from rxt_mlx.config import ConfigError
 from rxt_mlx.model import RxT, load_model, quantize_model, save_model
 from rxt_mlx.weights import WeightError, load_weights, sanitize
@@ -194,7 +195,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, make_config):
     ids, stm = token_ids(1, 6), model.initial_stm(1, seed=1)
     assert mx.array_equal(model.decoder(ids, stm), loaded.decoder(ids, stm))
     assert mx.array_equal(model.update_memory(stm, ids), loaded.update_memory(stm, ids))
-    assert load_model(folder).fingerprint == loaded.fingerprint
+    assert loaded.fingerprint == model.fingerprint
     other = load_model(write_model_folder(tmp_path / "other", make_config(), seed=4))
     assert other.fingerprint != loaded.fingerprint
 
@@ -254,6 +255,7 @@ def test_quantized_model_saves_loads_and_runs(tmp_path):
     assert relative_error(quantized, reference) < 0.05
     loaded = load_model(save_model(model, tmp_path / "q8"))
     assert mx.array_equal(loaded.decoder(ids, stm), quantized)
+    assert loaded.fingerprint == model.fingerprint
     assert loaded.update_memory(stm, ids).shape == stm.shape
 
 
@@ -337,3 +339,20 @@ def test_grouped_variant_means_over_each_group():
     for group in range(2):
         expected = attention.mean_stm_norm(stm[2 * group : 2 * group + 2].mean(axis=0))
         assert relative_error(means[group], expected) < 1e-6
+
+
+def test_half_precision_rope_rounds_angles_like_the_reference():
+    """bf16 models rotate by ``bf16(position * inv_freq)``, as the reference does (spec §2.1)."""
+    rope = Rope(head_dim=8, base=10000.0)
+    x = mx.random.normal((1, 1, 4, 8), key=mx.random.key(0))
+    rotated = rope(x.astype(mx.bfloat16), offset=1000).astype(mx.float32)
+    inv_freq = 1.0 / 10000.0 ** (np.arange(0, 8, 2, dtype=np.float32) / 8)
+    angles = mx.array(np.arange(1000, 1004, dtype=np.float32)[:, None] * inv_freq)
+    angles = np.array(angles.astype(mx.bfloat16).astype(mx.float32))
+    even, odd = np.array(x)[..., 0::2], np.array(x)[..., 1::2]
+    expected = np.stack(
+        [even * np.cos(angles) - odd * np.sin(angles), even * np.sin(angles) + odd * np.cos(angles)], -1
+    )
+    assert relative_error(rotated, expected.reshape(x.shape)) < 2e-2
+    exact = rope(x, offset=1000)  # fp32: exact angles, visibly different at this position
+    assert relative_error(exact, expected.reshape(x.shape)) > 0.1
