@@ -663,3 +663,89 @@ def test_decoder_component_alone():
     ids = torch.randint(0, 300, (1, 4))
     with torch.no_grad():
         assert decoder(ids).shape == (1, 4, 300)
+
+
+UNUSUAL_CONFIGS = {
+    "alpha-like": dict(
+        variant="self",
+        decoder={
+            "self_att_type": "gqa",
+            "att_groups": 2,
+            "cross_att_type": "mqa",
+            "use_rms_norm": False,
+            "head_norm_type": "layer_norm",
+            "use_gated": False,
+            "use_moe": False,
+            "ff_dim": 48,
+            "stateless_layers_config": None,
+            "final_stateless_layers_config": None,
+            "use_attention_output_bias": True,
+            "use_gated_attention": False,
+            "rope_base": 500.0,
+        },
+        encoder={"skip_memory_cross_attention": False, "use_nope": True, "self_att_type": "mha"},
+        memory_attention={
+            "residual_gate_type": "static",
+            "residual_per_slot_gate": False,
+            "use_tanh_residual_gate": True,
+            "use_gate_for_self_attention": True,
+            "self_att_type": "mqa",
+        },
+    ),
+    "revsqa-legacy-moe": dict(
+        variant="interlayer",
+        decoder={
+            "att_query_groups": 2,
+            "att_groups": 4,
+            "cross_att_query_groups": 4,
+            "cross_att_groups": 2,
+            "use_vectorized_moe": False,
+            "num_shared_experts": 1,
+            "moe_shared_experts_bias_mode": "local",
+            "moe_use_weighted_shared_experts": True,
+            "use_gated_cross_attention": True,
+            "gated_attention_activation": "tanh",
+            "final_stateless_layers_config": ["dense"],
+        },
+        memory_attention={"residual_gate_type": "linear", "residual_gate_slot_status_type": "linear"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNUSUAL_CONFIGS))
+def test_unusual_configs_decode_with_cache_and_round_trip(name, tmp_path):
+    model = random_model(**UNUSUAL_CONFIGS[name])
+    keys = set(model.state_dict())
+    if name == "alpha-like":
+        assert {"decoder.model.layers.0.norm1.bias", "decoder.model.head_norm.bias"} <= keys
+        assert {"decoder.model.layers.0.ff.fc1.weight", "encoder.model.stm.memory"} <= keys
+        assert "memory_attention.model.self_residual_gate_layers.0.gate" in keys
+        assert not any(".rope." in key for key in keys if key.startswith("encoder."))
+        assert model.decoder.model.layers[0].memory_cross_attention.k_proj.weight.shape == (8, 64)
+    else:
+        assert "decoder.model.layers.0.ff.experts.7.fc1.linear.bias" in keys
+        assert "decoder.model.layers.0.memory_cross_attention.gate_proj.weight" in keys
+        assert "memory_attention.model.residual_gate_layers.0.slot_status.weight" in keys
+        assert model.decoder.model.layers[0].attention.out_proj.weight.shape == (64, 32)
+    ids = torch.randint(6, 300, (1, 8), generator=generator(26))
+    stm = model.initial_stm(1, generator(27))
+    with torch.no_grad():
+        full = model.decoder(ids, stm)
+        cache, memory = model.decoder.make_cache(), model.decoder.project_memory(stm)
+        steps = [model.decoder(ids[:, :3], cache=cache, memory=memory)]
+        steps += [model.decoder(ids[:, t : t + 1], cache=cache, memory=memory) for t in range(3, 8)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    save_rxlm(model, tmp_path)
+    for left, right in zip(outputs(load_reference(tmp_path)), outputs(model), strict=True):
+        torch.testing.assert_close(left, right)
+
+
+def test_bf16_model_runs_with_bf16_rope_angles():
+    model = random_model().to(torch.bfloat16)
+    assert model.decoder.model.layers[0].attention.rope.cache.dtype == torch.bfloat16
+    ids = torch.randint(6, 300, (1, 6), generator=generator(28))
+    stm = model.initial_stm(1, generator(29))
+    assert stm.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert model.decoder(ids, stm).dtype == torch.bfloat16
+        assert model.update_memory(stm, ids).dtype == torch.bfloat16
