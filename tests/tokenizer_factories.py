@@ -52,8 +52,10 @@ def tokenizer_config(internal: bool = True) -> dict[str, Any]:
     return config
 
 
-def write_bpe_tokenizer(folder: str | Path, vocab_size: int = 320, internal: bool = True) -> dict[str, Any]:
+def write_bpe_tokenizer(folder: str | Path, vocab_size: int = 300, internal: bool = True) -> dict[str, Any]:
     """Train a byte-level BPE ``tokenizer.json`` like rxlm's into ``folder``.
+
+    The default size fits the tiny models of ``tests.factories`` (``VOCAB_SIZE`` = 300).
 
     Like rxlm's files, the pre-tokenizer says ``add_prefix_space=true`` and no decoder is set.
 
@@ -77,8 +79,11 @@ def write_bpe_tokenizer(folder: str | Path, vocab_size: int = 320, internal: boo
     return tokenizer_config(internal)
 
 
-def write_sentencepiece_tokenizer(folder: str | Path, vocab_size: int = 384, internal: bool = True) -> dict[str, Any]:
+def write_sentencepiece_tokenizer(folder: str | Path, vocab_size: int = 400, internal: bool = True) -> dict[str, Any]:
     """Train a sentencepiece ``tokenizer.model`` (byte fallback, specials as control symbols).
+
+    Its 256 byte pieces plus the characters of the training text need a vocabulary of ~380, more
+    than ``tests.factories.VOCAB_SIZE``: pair it with a model config of ``vocab_size >= 400``.
 
     Returns:
         the matching ``tokenizer_config`` dict.

@@ -1,0 +1,68 @@
+"""Sampling settings of one answer, validated, turned into mlx-lm samplers and logits processors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How one answer is generated; invalid values raise ``ValueError`` naming the value.
+
+    Args:
+        max_tokens: most answer tokens (>= 1); EOS ends the answer earlier.
+        temperature: 0 is greedy (argmax); > 0 samples.
+        top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+        top_k: keep the k most likely tokens; 0 disables it.
+        min_p: drop tokens below ``min_p`` x the top probability, in [0, 1); 0 disables it.
+        repetition_penalty: > 0 (1 or ``None`` disables it), over the last 20 tokens incl. the query.
+        seed: seeds MLX's global random generator before the answer (``None``: not reseeded).
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        _check_int("max_tokens", self.max_tokens, minimum=1)
+        _check_int("top_k", self.top_k, minimum=0)
+        if self.seed is not None:
+            _check_int("seed", self.seed, minimum=0)
+        _check_number("temperature", self.temperature, lambda v: v >= 0, ">= 0")
+        _check_number("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]")
+        _check_number("min_p", self.min_p, lambda v: 0 <= v < 1, "in [0, 1)")
+        if self.repetition_penalty is not None:
+            _check_number("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "> 0 (or None to disable it)")
+
+    def sampler(self):
+        """The mlx-lm sampler: log-probabilities (1, V) -> token (1,)."""
+        return make_sampler(self.temperature, top_p=self.top_p, min_p=self.min_p, top_k=self.top_k)
+
+    def logits_processors(self) -> list:
+        """The mlx-lm logits processors (the repetition penalty, when set and not 1)."""
+        if self.repetition_penalty in (None, 1.0):
+            return []
+        return make_logits_processors(repetition_penalty=self.repetition_penalty)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments of :meth:`rxt_mlx.session.Session.interact`."""
+        return dataclasses.asdict(self)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, valid: Callable[[float], bool], expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not valid(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")

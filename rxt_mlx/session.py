@@ -1,0 +1,331 @@
+"""One conversation with an RxT model: streamed answers, then the memory update.
+
+A turn has two phases, exposed separately so an app can show the answer before the memory
+update runs:
+
+    for event in session.generate("Hi, I'm Ann."):     # TokenEvent..., AnswerDone
+        ...
+    session.update_memory()                            # -> MemoryUpdated
+
+``interact()`` chains both. If ``generate()`` is called while the previous turn's update is still
+pending, the update runs first: a turn never reads a stale STM.
+
+Threading: all MLX work of a session must happen on one thread (for example a dedicated worker
+thread of an app); the session keeps no thread-local state, so that thread need not be the one
+that created it. Only :meth:`Session.stop` may be called from another thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from . import stm as stm_file
+from .sampling import SamplingOptions
+from .tokenizer import RxTTokenizer
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One answer token and the text it made printable (often ``""`` or one word)."""
+
+    id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerDone:
+    """The answer is complete (EOS, token budget or :meth:`Session.stop`).
+
+    ``prompt_seconds``: STM projection + prefill, until the first token was computed;
+    ``ttft_seconds``: from the ``generate()`` call to the first token (includes a pending memory
+    update and tokenization); ``decode_tokens_per_second``: tokens after the first / their time.
+    ``text`` is the decoded answer. It equals the concatenated ``TokenEvent.text`` pieces except
+    after ``stop()``, when a held-back partial character or space may be missing from the stream.
+    """
+
+    tokens: int
+    prompt_seconds: float
+    ttft_seconds: float
+    decode_tokens_per_second: float
+    text: str
+    stopped: bool
+
+
+@dataclass(frozen=True)
+class MemoryUpdated:
+    """The STM now holds the interaction; ``turn`` completed turns so far."""
+
+    seconds: float
+    turn: int
+
+
+Event = TokenEvent | AnswerDone | MemoryUpdated
+
+
+class Session:
+    """A conversation: the STM, the turn counter and the generation loop.
+
+    Args:
+        model: an :class:`rxt_mlx.model.RxT`.
+        tokenizer: its :class:`rxt_mlx.tokenizer.RxTTokenizer`.
+        stm: the starting STM (L, 1, S, D); default ``model.initial_stm(1, seed=0)``.
+        system_prompt: text written into the STM by one memory update before the first turn
+            (RxT-Beta or RxT-Alpha form, see ``RxTTokenizer.system_prompt_ids``); not a turn.
+        turn: completed turns the given STM already holds (used when resuming).
+
+    Answer length: the decoder context is ``config.decoder.seq_len`` tokens for the whole
+    interaction, so the answer budget is ``min(max_tokens, seq_len - len([BOS][Q]query[A]))``
+    (rxlm bounds it the same way); a query that leaves no room raises ``ValueError``.
+    """
+
+    def __init__(self, model, tokenizer: RxTTokenizer, stm: mx.array | None = None, system_prompt=None, *, turn=0):
+        self.model = model
+        self.tokenizer = tokenizer
+        layers, slots, dim = model.config.stm_shape
+        self.stm_shape = (layers, 1, slots, dim)
+        if stm is None:
+            stm = model.initial_stm(batch=1, seed=0)
+        if tuple(stm.shape) != self.stm_shape:
+            raise ValueError(f"STM has shape {tuple(stm.shape)}, this model needs {self.stm_shape}")
+        mx.eval(stm)
+        self._stm = stm
+        self.turn = turn
+        self.created: str | None = None
+        self._model_vocab = model.config.decoder.vocab_size
+        self._sampling_vocab = min(self._model_vocab, tokenizer.vocab_size)
+        self._pending: list[int] | None = None
+        self._stop = threading.Event()
+        if system_prompt:
+            self._apply_update(self._checked_ids(tokenizer.system_prompt_ids(system_prompt), "system prompt"))
+
+    @property
+    def stm(self) -> mx.array:
+        """The current STM (L, 1, S, D); it excludes a turn whose memory update is pending."""
+        return self._stm
+
+    @property
+    def update_pending(self) -> bool:
+        """Whether the last answer still waits for :meth:`update_memory`."""
+        return self._pending is not None
+
+    def stop(self) -> None:
+        """End the generation in progress after the current token (thread-safe).
+
+        The partial answer is kept and goes into the memory update.
+        """
+        self._stop.set()
+
+    def interact(
+        self,
+        query: str,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        force_tokens: Sequence[int] | None = None,
+    ) -> Iterator[Event]:
+        """One turn: ``TokenEvent``s, ``AnswerDone``, then ``MemoryUpdated``.
+
+        Arguments as :meth:`generate`.
+        """
+        yield from self.generate(
+            query, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed, force_tokens
+        )
+        yield self.update_memory()
+
+    def generate(
+        self,
+        query: str,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        force_tokens: Sequence[int] | None = None,
+    ) -> Iterator[TokenEvent | AnswerDone]:
+        """Stream the answer to ``query``: ``TokenEvent`` per token, then ``AnswerDone``.
+
+        Args:
+            query: the user's text (not empty).
+            max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed: see
+                :class:`rxt_mlx.sampling.SamplingOptions` (``temperature=0`` is greedy).
+            force_tokens: make the answer exactly these ids (still computed step by step, for
+                benchmarks); sampling and EOS are then ignored.
+
+        The generator validates its arguments at the first ``next()``; it raises ``ValueError``
+        for an empty query, a query too long for the decoder or invalid sampling values.
+        Afterwards call :meth:`update_memory` (or use :meth:`interact`).
+        """
+        started = time.perf_counter()
+        options = SamplingOptions(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed)
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query must be non-empty text, got {query!r}")
+        prompt = self.tokenizer.query_ids(query)
+        budget = self._answer_budget(len(prompt), options.max_tokens)
+        self._checked_ids(prompt, "query")
+        if force_tokens is not None:
+            force_tokens = self._checked_forced(force_tokens, budget)
+            budget = len(force_tokens)
+        if self._pending is not None:
+            self._run_update()
+        self._stop.clear()
+        if options.seed is not None:
+            mx.random.seed(options.seed)
+        answer: list[int] = []
+        timing = yield from self._decode(prompt, budget, options, force_tokens, answer)
+        prompt_seconds, first_token_at, last_token_at, stopped = timing
+        self._pending = prompt + answer
+        decode_seconds = last_token_at - first_token_at
+        yield AnswerDone(
+            tokens=len(answer),
+            prompt_seconds=prompt_seconds,
+            ttft_seconds=first_token_at - started if answer else 0.0,
+            decode_tokens_per_second=(len(answer) - 1) / decode_seconds if len(answer) > 1 and decode_seconds else 0.0,
+            text=self.tokenizer.decode(answer),
+            stopped=stopped,
+        )
+
+    def _decode(self, prompt, budget, options, force_tokens, answer):
+        """The token loop (mlx-lm ``generate_step`` style: the next step is queued before yielding)."""
+        decoder = self.model.decoder
+        sampler = options.sampler()
+        processors = options.logits_processors()
+        cache = decoder.make_cache()
+        history = mx.array(prompt, dtype=mx.uint32)  # the repetition-penalty context
+        eos = self.tokenizer.eos_id
+        text_stream = self.tokenizer.streaming_detokenizer()
+
+        def step(ids: mx.array) -> mx.array:
+            logits = decoder(ids[None], cache=cache, memory=memory)[:, -1, : self._sampling_vocab]
+            for processor in processors:
+                logits = processor(history, logits)
+            return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+        forced = [mx.array([token], dtype=mx.uint32) for token in force_tokens] if force_tokens else None
+        prefill_started = time.perf_counter()
+        memory = decoder.project_memory(self._stm)
+        sampled = step(history)
+        mx.async_eval(sampled)
+        prompt_seconds = first_token_at = last_token_at = 0.0
+        stopped = False
+        for index in range(budget):
+            current = forced[index] if forced else sampled
+            is_last = index + 1 == budget
+            if not is_last:
+                if processors:
+                    history = mx.concatenate([history, current])
+                next_sampled = step(current)
+                mx.async_eval(next_sampled)
+            if index == 0:
+                mx.eval(sampled)
+                first_token_at = time.perf_counter()
+                prompt_seconds = first_token_at - prefill_started
+            elif forced:
+                mx.eval(sampled)
+            if self._stop.is_set():
+                stopped = True
+                break
+            token = current.item()
+            answer.append(token)
+            last_token_at = time.perf_counter()
+            is_last = is_last or (token == eos and not forced)
+            text = text_stream.add(token)
+            yield TokenEvent(token, text + text_stream.finish() if is_last else text)
+            if is_last:
+                break
+            sampled = next_sampled
+        return prompt_seconds, first_token_at, last_token_at, stopped
+
+    def update_memory(self) -> MemoryUpdated:
+        """Run the pending memory update (encoder over the interaction, then memory attention).
+
+        The interaction is ``[BOS][Q]query[A]answer``, ending with EOS when the model generated
+        it (as in rxlm's ``interact``).
+        """
+        if self._pending is None:
+            raise RuntimeError("no answer is waiting for a memory update (call generate() first)")
+        return MemoryUpdated(self._run_update(), self.turn)
+
+    def _run_update(self) -> float:
+        seconds = self._apply_update(self._pending)
+        self._pending = None
+        self.turn += 1
+        return seconds
+
+    def _apply_update(self, interaction: list[int]) -> float:
+        started = time.perf_counter()
+        new_stm = self.model.update_memory(self._stm, mx.array([interaction], dtype=mx.uint32))
+        mx.eval(new_stm)
+        self._stm = new_stm
+        return time.perf_counter() - started
+
+    def _checked_ids(self, ids: list[int], what: str) -> list[int]:
+        out_of_vocab = [i for i in ids if i >= self._model_vocab]
+        if out_of_vocab:
+            raise ValueError(
+                f"{what}: tokenizer produced id {out_of_vocab[0]} but the model vocabulary has "
+                f"{self._model_vocab} entries (tokenizer and model do not match)"
+            )
+        limit = self.model.config.encoder.seq_len
+        if len(ids) > limit:
+            raise ValueError(f"{what} is {len(ids)} tokens, more than the model's seq_len {limit}")
+        return ids
+
+    def _answer_budget(self, prompt_length: int, max_tokens: int) -> int:
+        seq_len = self.model.config.decoder.seq_len
+        room = seq_len - prompt_length
+        if room < 1:
+            raise ValueError(
+                f"query is {prompt_length} tokens with its template ([BOS][Q]...[A]); the decoder's seq_len "
+                f"is {seq_len}, which leaves no room for an answer (shorten the query below {seq_len - 1} tokens)"
+            )
+        return min(max_tokens, room)
+
+    def _checked_forced(self, force_tokens: Sequence[int], budget: int) -> list[int]:
+        tokens = [int(token) for token in force_tokens]
+        if not tokens or len(tokens) > budget:
+            raise ValueError(f"force_tokens has {len(tokens)} tokens; expected 1..{budget} (the answer budget)")
+        bad = [token for token in tokens if not 0 <= token < self._model_vocab]
+        if bad:
+            raise ValueError(f"force_tokens id {bad[0]} is outside the model vocabulary (size {self._model_vocab})")
+        return tokens
+
+    def save_stm(self, path: str | Path) -> dict[str, str]:
+        """Save the STM and turn counter atomically (see :func:`rxt_mlx.stm.save_stm`)."""
+        metadata = stm_file.save_stm(
+            path, self._stm, model_fingerprint=self.model.fingerprint, turn=self.turn, created=self.created
+        )
+        self.created = metadata["created"]
+        return metadata
+
+    def load_stm(self, path: str | Path) -> dict[str, str]:
+        """Replace this session's STM and turn counter by a saved one.
+
+        On refusal (an :class:`rxt_mlx.stm.STMFileError`) the session is unchanged.
+        """
+        stm, metadata = stm_file.load_stm(
+            path,
+            model_fingerprint=self.model.fingerprint,
+            expected_shape=self.stm_shape,
+            expected_dtype=self._stm.dtype,
+        )
+        self._stm, self.turn, self.created, self._pending = stm, int(metadata["turn"]), metadata["created"], None
+        return metadata
+
+    @classmethod
+    def restore(cls, model, tokenizer: RxTTokenizer, path: str | Path) -> Session:
+        """A session resuming from an STM file saved by :meth:`save_stm` for the same model."""
+        session = cls(model, tokenizer)
+        session.load_stm(path)
+        return session
