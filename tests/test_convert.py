@@ -211,9 +211,6 @@ def test_template_ids_are_read_from_the_tokenizer(tmp_path, writer):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--q-bits", "3", "-q"], "argument --q-bits: invalid choice: 3 (choose from 4, 8)"),
-        (["-q", "--q-group-size", "16"], "argument --q-group-size: invalid choice: 16 (choose from 32, 64, 128)"),
-        (["--q-bits", "8"], "--q-bits/--q-group-size need -q/--quantize"),
         (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
         (["--variant", "mean"], "argument --variant: invalid choice: 'mean'"),
     ],
