@@ -503,19 +503,26 @@ def test_decoder_broadcasts_batch_one_stm_and_is_causal():
         assert not torch.allclose(model.decoder(ids, other_stm), logits)
 
 
+@torch.no_grad()
+def cached_logits(model: RxTReference, ids: torch.Tensor, stm: torch.Tensor, chunks: list[int]):
+    """Logits of ``ids`` fed through the KV cache in pieces of ``chunks`` tokens, and the cache."""
+    cache, memory = model.decoder.make_cache(), model.decoder.project_memory(stm)
+    steps, start = [], 0
+    for size in chunks:
+        steps.append(model.decoder(ids[:, start : start + size], cache=cache, memory=memory))
+        start += size
+    return torch.cat(steps, dim=1), cache
+
+
 def test_cached_decoding_matches_full_recompute():
     model = random_model()
     ids = torch.randint(6, 300, (1, 12), generator=generator(19))
     stm = model.initial_stm(1, generator(20))
     with torch.no_grad():
         full = model.decoder(ids, stm)
-        cache = model.decoder.make_cache()
-        memory = model.decoder.project_memory(stm)
-        steps = [model.decoder(ids[:, :5], cache=cache, memory=memory)]
-        steps += [model.decoder(ids[:, t : t + 1], cache=cache, memory=memory) for t in range(5, 10)]
-        steps.append(model.decoder(ids[:, 10:], cache=cache, memory=memory))
+    logits, cache = cached_logits(model, ids, stm, [5, 1, 1, 1, 1, 1, 2])
     assert cache[0].offset == 12 and len(cache) == 7
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
 
 
 def test_generate_turn_forced_and_greedy_tokens_follow_the_logits():
@@ -731,10 +738,7 @@ def test_unusual_configs_decode_with_cache_and_round_trip(name, tmp_path):
     stm = model.initial_stm(1, generator(27))
     with torch.no_grad():
         full = model.decoder(ids, stm)
-        cache, memory = model.decoder.make_cache(), model.decoder.project_memory(stm)
-        steps = [model.decoder(ids[:, :3], cache=cache, memory=memory)]
-        steps += [model.decoder(ids[:, t : t + 1], cache=cache, memory=memory) for t in range(3, 8)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached_logits(model, ids, stm, [3, 1, 1, 1, 1, 1])[0], full, atol=1e-5, rtol=1e-5)
     save_rxlm(model, tmp_path)
     for left, right in zip(outputs(load_reference(tmp_path)), outputs(model), strict=True):
         torch.testing.assert_close(left, right)

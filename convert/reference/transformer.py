@@ -34,6 +34,18 @@ def _rope(config: TransformerConfig) -> RotaryPositionalEmbedding | None:
     return RotaryPositionalEmbedding(config.embed_dim // config.att_heads, config.seq_len, config.rope_base)
 
 
+def _attention(config: TransformerConfig, shape, rope, rope_on: str, gated: bool) -> Attention:
+    return Attention(
+        config.embed_dim,
+        shape,
+        rope=rope,
+        rope_on=rope_on,
+        out_bias=config.use_attention_output_bias,
+        gated=gated,
+        gate_activation=config.gated_attention_activation,
+    )
+
+
 class TransformerLayer(nn.Module):
     """Pre-norm layer: self-attention, optional memory cross-attention, FFN or MoE.
 
@@ -53,25 +65,11 @@ class TransformerLayer(nn.Module):
         super().__init__()
         dim = config.embed_dim
         self.causal = causal
-        self.attention = Attention(
-            dim,
-            config.self_attention_shape(),
-            rope=rope,
-            rope_on="qk",
-            out_bias=config.use_attention_output_bias,
-            gated=config.use_gated_attention,
-            gate_activation=config.gated_attention_activation,
-        )
+        self.attention = _attention(config, config.self_attention_shape(), rope, "qk", config.use_gated_attention)
         self.norm1 = transformer_norm(dim, config.use_rms_norm)
         if cross_attention:
-            self.memory_cross_attention = Attention(
-                dim,
-                config.cross_attention_shape(),
-                rope=rope,
-                rope_on="q",
-                out_bias=config.use_attention_output_bias,
-                gated=config.gated_cross_attention,
-                gate_activation=config.gated_attention_activation,
+            self.memory_cross_attention = _attention(
+                config, config.cross_attention_shape(), rope, "q", config.gated_cross_attention
             )
             self.norm2 = transformer_norm(dim, config.use_rms_norm)
             self.stm_norm = transformer_norm(dim, config.use_rms_norm)
