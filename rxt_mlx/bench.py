@@ -84,20 +84,26 @@ def default_model_folder() -> Path | None:
 
 
 def query_text(encode: Callable[[str], list[int]], n_tokens: int, seed: int) -> str:
-    """Text of (at most, and normally exactly) ``n_tokens`` tokens, different for every seed."""
+    """Text of (at most, and normally exactly) ``n_tokens`` tokens, different for every seed.
+
+    Words are added while they fit; single letters (spaced, then glued) fill the last tokens.
+    """
     rng = random.Random(seed)
-    words: list[str] = []
-    count = 0
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    text, count = "", 0
     while count < n_tokens:
-        for word in rng.sample(_QUERY_WORDS, len(_QUERY_WORDS)):
-            trial = len(encode(" ".join([*words, word])))
-            if count < trial <= n_tokens:
-                words.append(word)
-                count = trial
+        words = rng.sample(_QUERY_WORDS, len(_QUERY_WORDS))
+        trials = [f"{text} {word}" if text else word for word in words]
+        trials += [f"{text} {letter}" if text else letter for letter in letters]
+        trials += [text + letter for letter in letters]
+        for trial in trials:
+            length = len(encode(trial))
+            if count < length <= n_tokens:
+                text, count = trial, length
                 break
         else:
             break
-    return " ".join(words)
+    return text
 
 
 def build_script(tokenizer, turns: int, query_tokens: int, answer_tokens: int, vocab_size: int, seed: int) -> Script:
@@ -463,7 +469,9 @@ def parse_options(argv: list[str] | None) -> BenchOptions:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rxt-bench``."""
     from rxt_mlx.bench_report import format_table, latency_chart_text, write_csv, write_json, write_plot
+    from rxt_mlx.blas import preload_optimised_blas
 
+    preload_optimised_blas()  # before MLX loads: use the system OpenBLAS when installed
     options = parse_options(argv)
     rows, report = run_benchmark(options)
     machine = report["machine"]
@@ -486,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {options.out / 'latency.csv'}, latency.json, latency.png")
     else:
         print(latency_chart_text(rows))
-        print(f"wrote {options.out / 'latency.csv'}, latency.json (no PNG: pip install 'rxt-mlx[plot]')")
+        missing = " (matplotlib not installed: pip install 'rxt-mlx[plot]')" if options.plot else ""
+        print(f"wrote {options.out / 'latency.csv'}, latency.json; no PNG{missing}")
     if machine["blas_hint"]:
         print(f"hint: {machine['blas_hint']}")
     return 0

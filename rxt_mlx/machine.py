@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 REFERENCE_BLAS = "netlib reference BLAS"
 OPENBLAS_HINT = (
@@ -76,12 +77,12 @@ class _DlInfo(ctypes.Structure):
     ]
 
 
-def _library_of_global_symbol(symbol: str) -> str:
-    """Path of the object providing ``symbol`` in the global scope (executable + LD_PRELOAD), or ''."""
+def _library_of(address: int | None) -> str:
+    """Path of the shared object containing ``address`` (dladdr), or ''."""
+    if not address:
+        return ""
     try:
-        process = ctypes.CDLL(None)
-        address = ctypes.cast(getattr(process, symbol), ctypes.c_void_p).value
-        dladdr = process.dladdr
+        dladdr = ctypes.CDLL(None).dladdr
     except (AttributeError, OSError):
         return ""
     dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
@@ -89,6 +90,27 @@ def _library_of_global_symbol(symbol: str) -> str:
     if not dladdr(address, ctypes.byref(info)) or not info.dli_fname:
         return ""
     return os.path.realpath(info.dli_fname.decode())
+
+
+def _symbol_library(library: str | None, symbol: str) -> str:
+    """Object providing ``symbol`` as the dynamic linker finds it from ``library``'s scope.
+
+    ``library=None`` searches the global scope (executable, ``LD_PRELOAD``, ``RTLD_GLOBAL``
+    libraries); a path searches that already-loaded library and its dependencies.
+    """
+    try:
+        handle = ctypes.CDLL(library, mode=os.RTLD_NOLOAD | os.RTLD_LAZY) if library else ctypes.CDLL(None)
+        return _library_of(ctypes.cast(getattr(handle, symbol), ctypes.c_void_p).value)
+    except (AttributeError, OSError):
+        return ""
+
+
+def _libmlx_path() -> str | None:
+    import mlx.core as mx
+
+    package = Path(mx.__file__).parent
+    candidates = sorted(package.glob("lib/libmlx.*")) + sorted(package.glob("libmlx.*"))
+    return str(candidates[0]) if candidates else None
 
 
 def _mapped_blas_paths() -> list[str]:
@@ -121,18 +143,25 @@ def _run_matmul() -> None:
 def blas_library() -> BlasInfo:
     """Detect which BLAS MLX's CPU backend calls in this process (after running one matmul).
 
-    Linux: a ``cblas_sgemm`` found in the global scope (``LD_PRELOAD``) wins over the libraries
-    ``libmlx`` was linked against, exactly as the dynamic linker resolves it; otherwise the first
-    BLAS-like object in ``/proc/self/maps`` is the one. macOS: MLX links Accelerate.
+    Linux: a ``cblas_sgemm`` found in the global scope (``LD_PRELOAD``, ``RTLD_GLOBAL``) wins
+    over the libraries ``libmlx`` was linked against, exactly as the dynamic linker resolves it;
+    otherwise it is the one among libmlx's dependencies, and failing that the first BLAS-like
+    object in ``/proc/self/maps`` (numpy's and torch's private copies excluded). macOS: MLX
+    links Accelerate.
     """
     preload = os.environ.get("LD_PRELOAD", "")
     if sys.platform == "darwin":
         return BlasInfo("Accelerate", "/System/Library/Frameworks/Accelerate.framework", False, preload)
     _run_matmul()
-    global_path = _library_of_global_symbol("cblas_sgemm")
+    global_path = _symbol_library(None, "cblas_sgemm")
     if global_path:
         return BlasInfo(classify_blas_path(global_path), global_path, True, preload)
-    mapped = _mapped_blas_paths()
+    libmlx = _libmlx_path()
+    linked = _symbol_library(libmlx, "cblas_sgemm") if libmlx else ""
+    if linked:
+        return BlasInfo(classify_blas_path(linked), linked, False, preload)
+    # Last resort: the first BLAS-like object mapped that is not numpy's or torch's private copy.
+    mapped = [path for path in _mapped_blas_paths() if not re.search(r"numpy|scipy|torch", path)]
     if not mapped:
         return BlasInfo("unknown", "", False, preload)
     return BlasInfo(classify_blas_path(mapped[0]), mapped[0], False, preload)
