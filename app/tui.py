@@ -269,7 +269,10 @@ class ChatApp(App[None]):
             )
         notice.update(message or "")
         notice.display = bool(message)
+        was_disabled = prompt.disabled
         prompt.disabled = bool(state.read_only_reason or state.problem)
+        if was_disabled and not prompt.disabled and self.screen is self.screen_stack[0]:
+            prompt.focus()
         if self.last_stats is None and self.current is not None:
             stats = [m.stats for m in self.storage.messages(self.current.id) if m.stats is not None]
             self.last_stats = stats[-1] if stats else None

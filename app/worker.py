@@ -274,25 +274,19 @@ class InferenceWorker:
         stm, _ = load_stm(path, model_fingerprint=self.fingerprint, expected_shape=self.stm_shape)
         return stm
 
-    def _new_session(self, stm=None):
-        from rxt_mlx.session import Session
-
-        return Session(self.model, self.tokenizer, stm=stm)
-
     def _open(self, job: _Open) -> None:
+        from rxt_mlx.session import Session
         from rxt_mlx.stm import STMFileError
 
         self._sessions.pop(job.conversation_id, None)
-        if job.turn == 0:
-            self._sessions[job.conversation_id] = self._new_session()
-            self._post(SessionReady(job.conversation_id, 0))
-            return
-        try:
-            stm = self._load_snapshot(job.snapshots[job.turn - 1])
-        except (STMFileError, OSError) as error:
-            self._post(SnapshotProblem(job.conversation_id, job.turn, str(error), self._last_good_turn(job)))
-            return
-        self._sessions[job.conversation_id] = self._new_session(stm)
+        session = Session(self.model, self.tokenizer)
+        if job.turn > 0:
+            try:
+                session.load_stm(job.snapshots[job.turn - 1])
+            except STMFileError as error:
+                self._post(SnapshotProblem(job.conversation_id, job.turn, str(error), self._last_good_turn(job)))
+                return
+        self._sessions[job.conversation_id] = session
         self._post(SessionReady(job.conversation_id, job.turn))
 
     def _last_good_turn(self, job: _Open) -> int:
@@ -301,14 +295,13 @@ class InferenceWorker:
         for turn in range(job.turn - 1, 0, -1):
             try:
                 self._load_snapshot(job.snapshots[turn - 1])
-            except (STMFileError, OSError):
+            except STMFileError:
                 continue
             return turn
         return 0
 
     def _send(self, job: _Send) -> None:
         from rxt_mlx.session import AnswerDone, MemoryUpdated, TokenEvent
-
         from rxt_mlx.stm import save_stm
 
         session = self._sessions.get(job.conversation_id)
@@ -333,7 +326,7 @@ class InferenceWorker:
                             job.conversation_id,
                             job.turn,
                             event.text,
-                            len(event.tokens),
+                            event.tokens,
                             event.prompt_seconds,
                             event.ttft_seconds,
                             event.decode_tokens_per_second,
@@ -344,7 +337,7 @@ class InferenceWorker:
                     change = memory_change(previous_stm, session.stm)
                     save_stm(job.snapshot, session.stm, model_fingerprint=self.fingerprint, turn=job.turn)
                     stats = TurnStats(
-                        tokens=len(answer.tokens),
+                        tokens=answer.tokens,
                         prompt_seconds=answer.prompt_seconds,
                         ttft_seconds=answer.ttft_seconds,
                         tokens_per_second=answer.decode_tokens_per_second,
