@@ -10,7 +10,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import KVCache
 
 from rxt_mlx.attention import Attention, Rope
-from rxt_mlx.config import TransformerConfig
+from rxt_mlx.config import AttentionShape, TransformerConfig
 from rxt_mlx.feedforward import feed_forward
 from rxt_mlx.layers import layer_norm, rms_norm, transformer_norm
 
@@ -22,6 +22,20 @@ def component_rope(config: TransformerConfig) -> Rope | None:
     if config.use_nope:
         return None
     return Rope(config.embed_dim // config.att_heads, float(config.rope_base))
+
+
+def _attention(
+    config: TransformerConfig, shape: AttentionShape, gated: bool, rope: Rope | None, rope_keys: bool = True
+) -> Attention:
+    return Attention(
+        config.embed_dim,
+        shape,
+        output_bias=config.use_attention_output_bias,
+        gated=gated,
+        gate_activation=config.gated_attention_activation,
+        rope=rope,
+        rope_keys=rope_keys,
+    )
 
 
 class TransformerLayer(nn.Module):
@@ -36,24 +50,11 @@ class TransformerLayer(nn.Module):
     def __init__(self, config: TransformerConfig, ff_kind: str, memory_cross_attention: bool):
         super().__init__()
         dim, rope = config.embed_dim, component_rope(config)
-        self.attention = Attention(
-            dim,
-            config.self_attention_shape(),
-            output_bias=config.use_attention_output_bias,
-            gated=config.use_gated_attention,
-            gate_activation=config.gated_attention_activation,
-            rope=rope,
-        )
+        self.attention = _attention(config, config.self_attention_shape(), config.use_gated_attention, rope)
         self.norm1 = transformer_norm(dim, config.use_rms_norm)
         if memory_cross_attention:
-            self.memory_cross_attention = Attention(
-                dim,
-                config.cross_attention_shape(),
-                output_bias=config.use_attention_output_bias,
-                gated=config.gated_cross_attention,
-                gate_activation=config.gated_attention_activation,
-                rope=rope,
-                rope_keys=False,
+            self.memory_cross_attention = _attention(
+                config, config.cross_attention_shape(), config.gated_cross_attention, rope, rope_keys=False
             )
             self.norm2 = transformer_norm(dim, config.use_rms_norm)
             self.stm_norm = transformer_norm(dim, config.use_rms_norm)

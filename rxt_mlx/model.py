@@ -55,7 +55,8 @@ class RxT(nn.Module):
             digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
             for name, value in sorted(tree_flatten(self.parameters()), key=lambda item: item[0]):
                 digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-                digest.update(memoryview(value.view(mx.uint16) if value.dtype == mx.bfloat16 else value))
+                value = mx.contiguous(value.view(mx.uint16) if value.dtype == mx.bfloat16 else value)
+                digest.update(memoryview(value))
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 

@@ -15,22 +15,14 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from rxt_mlx.config import RxTConfig
 from rxt_mlx.model import RxT, save_model
+from tests.tokenizer_factories import tokenizer_config
 
 VOCAB_SIZE = 300
 ROUTER_SCALE = 4.0
 """Router weights are scaled up so top-k choices sit far from ties (cached and full runs agree)."""
 SEQ_LEN = 64
-TOKENIZER_CONFIG = {
-    "pad_token_id": 0,
-    "bos_token_id": 2,
-    "eos_token_id": 3,
-    "query_token_id": 4,
-    "answer_token_id": 5,
-    "think_token_id": 6,
-    "internal_token_id": 7,
-    "tool_call_token_id": 8,
-    "tool_use_token_id": 9,
-}
+TOKENIZER_CONFIG = tokenizer_config()
+"""[PAD]=0 [UNK]=1 [BOS]=2 [EOS]=3 [Q]=4 [A]=5 [T]=6 [I]=7 [C]=8 [U]=9, as in tests/tokenizer_factories."""
 
 
 def tiny_config(

@@ -356,3 +356,19 @@ def test_half_precision_rope_rounds_angles_like_the_reference():
     assert relative_error(rotated, expected.reshape(x.shape)) < 2e-2
     exact = rope(x, offset=1000)  # fp32: exact angles, visibly different at this position
     assert relative_error(exact, expected.reshape(x.shape)) > 0.1
+
+
+def test_fingerprint_of_freshly_sanitized_weights():
+    """Transposed (non-contiguous) expert weights straight from sanitize hash like saved ones."""
+    model = random_mlx_model(beta_config(), seed=9)
+    weights = dict(tree_flatten(model.parameters()))
+    canonical = {name: value for name, value in weights.items() if ".experts." not in name}
+    for index in range(4):
+        for kind, value in _canonical_moe(weights, f"decoder.layers.{index}.ff.").items():
+            canonical[f"decoder.layers.{index}.ff.{kind}"] = value
+    for prefix in ("decoder.stateless_layers.1.ff.", "decoder.final_stateless_layers.0.ff."):
+        for kind, value in _canonical_moe(weights, prefix).items():
+            canonical[prefix + kind] = value
+    rebuilt = RxT(beta_config())
+    load_weights(rebuilt, sanitize(canonical))
+    assert rebuilt.fingerprint == model.fingerprint
