@@ -1,4 +1,8 @@
-"""Sampling settings of one answer, validated, turned into mlx-lm samplers and logits processors."""
+"""Sampling settings of one answer, validated, turned into mlx-lm samplers and logits processors.
+
+mlx-lm is imported only when a sampler is built: importing it pulls in transformers, and the
+command line validates these settings before it loads anything heavy.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,16 @@ class SamplingOptions:
 
     def sampler(self):
         """The mlx-lm sampler: log-probabilities (1, V) -> token (1,)."""
+        from mlx_lm.sample_utils import make_sampler
+
         return make_sampler(self.temperature, top_p=self.top_p, min_p=self.min_p, top_k=self.top_k)
 
     def logits_processors(self) -> list:
         """The mlx-lm logits processors (the repetition penalty, when set and not 1)."""
         if self.repetition_penalty in (None, 1.0):
             return []
+        from mlx_lm.sample_utils import make_logits_processors
+
         return make_logits_processors(repetition_penalty=self.repetition_penalty)
 
     def as_kwargs(self) -> dict[str, Any]:
