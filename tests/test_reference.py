@@ -430,6 +430,9 @@ def test_residual_gate_formulas(tanh):
     torch.testing.assert_close(status(old, new), mix(expected))
 
     torch.testing.assert_close(ResidualGate(gate_config(), use_gate=False)(old, new), new + old)
+    neutral = ResidualGate(gate_config(residual_gate_init=0.0, use_tanh_residual_gate=tanh), use_gate=True)
+    # g = tanh(0) = 0 gives new + old; g = sigmoid(0) = 1/2 gives the average
+    torch.testing.assert_close(neutral(old, new), new + old if tanh else (new + old) / 2)
     assert ResidualGate(gate_config(), use_gate=True, disable_residual=True)(old, new) is new
 
 
