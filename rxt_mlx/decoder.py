@@ -133,6 +133,8 @@ class Decoder(nn.Module):
             if stm is None:
                 raise ValueError("decoder needs the STM (stm=...) or its projection (memory=...)")
             memory = self.project_memory(stm)
+        if len(memory) != len(self.layers):
+            raise ValueError(f"memory has {len(memory)} layers, the decoder has {len(self.layers)} stateful layers")
         layers = self.all_layers()
         caches = cache if cache is not None else [None] * len(layers)
         offset = caches[0].offset if cache is not None else 0

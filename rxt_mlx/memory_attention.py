@@ -144,6 +144,7 @@ class MemoryAttention(nn.Module):
         """New STM (L, B, S, D) from the STM and the encoder hidden states ``hidden`` (L, B, T, D).
 
         ``mask`` (B, T) marks the real tokens of the interaction (keys of the main attention).
+        A batch-1 STM is broadcast over the batch of ``hidden``.
         """
         stm = stm.astype(hidden.dtype)
         if stm.shape[1] != hidden.shape[1]:

@@ -82,9 +82,11 @@ def _quantizable(path: str, module: nn.Module, group_size: int) -> bool:
 def quantize_model(model: RxT, bits: int, group_size: int) -> RxT:
     """Quantize ``model`` in place (Linear, Embedding and expert weights) and record it in the config.
 
-    Norms, routers, shared-expert gates, residual gates and layers whose input width is not a
-    multiple of ``group_size`` stay in full precision.
+    Norms, routers, shared-expert gates, residual gates, tiny layers (fewer than 8 outputs) and
+    layers whose input width is not a multiple of ``group_size`` stay in full precision.
     """
+    if "quantization" in model.config.extra:
+        raise ValueError(f"model is already quantized ({model.config.extra['quantization']})")
     if bits not in QUANTIZATION_BITS:
         raise ValueError(f"quantization bits {bits} not supported (expected one of {QUANTIZATION_BITS})")
     if group_size not in QUANTIZATION_GROUP_SIZES:

@@ -253,6 +253,8 @@ def test_quantized_model_saves_loads_and_runs(tmp_path):
     assert type(layer.norm1) is nn.RMSNorm
     quantized = model.decoder(ids, stm)
     assert relative_error(quantized, reference) < 0.05
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(model, bits=4, group_size=32)
     loaded = load_model(save_model(model, tmp_path / "q8"))
     assert mx.array_equal(loaded.decoder(ids, stm), quantized)
     assert loaded.fingerprint == model.fingerprint
