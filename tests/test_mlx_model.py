@@ -87,6 +87,32 @@ def test_projected_memory_equals_stm(model):
         model.decoder(ids)
 
 
+class CountingLinear(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def __call__(self, x: mx.array) -> mx.array:
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_memory_is_projected_once_per_turn():
+    model = random_mlx_model(beta_config(), seed=1)
+    counters = []
+    for layer in model.decoder.layers:
+        layer.memory_cross_attention.k_proj = CountingLinear(layer.memory_cross_attention.k_proj)
+        counters.append(layer.memory_cross_attention.k_proj)
+    memory = model.decoder.project_memory(model.initial_stm())
+    cache = model.decoder.make_cache()
+    ids = token_ids(1, 6)
+    model.decoder(ids[:, :3], cache=cache, memory=memory)
+    for position in range(3, 6):
+        model.decoder(ids[:, position : position + 1], cache=cache, memory=memory)
+    assert [counter.calls for counter in counters] == [1] * len(counters)
+
+
 def test_batch_of_two_equals_two_single_runs(model):
     ids = token_ids(2, 9)
     stm = model.initial_stm(2, seed=7)
