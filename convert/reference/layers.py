@@ -85,23 +85,34 @@ class RotaryPositionalEmbedding(nn.Module):
 
 
 class KVCache:
-    """Self-attention keys/values of one layer, ``(B, H_kv, P, hd)``, after RoPE."""
+    """Self-attention keys/values of one layer, ``(B, H_kv, P, hd)``, after RoPE.
+
+    Storage grows in steps of ``step`` positions and is written in place, so a decoding step
+    copies only the new token's keys (for inference under ``torch.no_grad``).
+    """
+
+    step = 256
 
     def __init__(self):
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
-
-    @property
-    def offset(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
+        self.offset = 0
 
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys is None:
-            self.keys, self.values = keys, values
-        else:
-            self.keys = torch.cat((self.keys, keys), dim=2)
-            self.values = torch.cat((self.values, values), dim=2)
-        return self.keys, self.values
+        """Append ``keys``/``values`` ``(B, H_kv, T, hd)``; return everything cached so far."""
+        end = self.offset + keys.shape[2]
+        if self.keys is None or end > self.keys.shape[2]:
+            capacity = -(-end // self.step) * self.step
+            grown_keys = keys.new_empty((*keys.shape[:2], capacity, keys.shape[3]))
+            grown_values = values.new_empty((*values.shape[:2], capacity, values.shape[3]))
+            if self.keys is not None:
+                grown_keys[:, :, : self.offset] = self.keys[:, :, : self.offset]
+                grown_values[:, :, : self.offset] = self.values[:, :, : self.offset]
+            self.keys, self.values = grown_keys, grown_values
+        self.keys[:, :, self.offset : end] = keys
+        self.values[:, :, self.offset : end] = values
+        self.offset = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
 
 
 class Attention(nn.Module):
