@@ -106,3 +106,21 @@ def test_missing_tokenizer_and_bad_ids_are_clear_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="tokenizer.json"):
         load_tokenizer(tmp_path, config)
+
+
+def test_non_byte_level_tokenizer_json_streams_through_the_naive_detokenizer(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tests.tokenizer_factories import SPECIAL_TOKENS, TRAINING_TEXT, tokenizer_config
+
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=SPECIAL_TOKENS, unk_token="[UNK]")
+    backend.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    backend.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = load_tokenizer(tmp_path, tokenizer_config())
+    assert tokenizer.kind == "other"
+    text = "Où est la bibliothèque ? Ça va très bien."
+    ids = tokenizer.encode(text)
+    assert "".join(stream(tokenizer, [2, 4, *ids, 3])) == tokenizer.decode(ids) == text
