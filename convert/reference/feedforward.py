@@ -153,10 +153,9 @@ class MoeFeedForward(nn.Module):
         """Weighted sum of the top-k experts of every token ``x (N, D)`` (+ global bias)."""
         weights, indices = self.router(x)
         out = torch.zeros_like(x)
-        for index in range(self.num_experts):
+        for index in indices.unique().tolist():
             token, slot = torch.nonzero(indices == index, as_tuple=True)
-            if token.numel():
-                out = out.index_add(0, token, self.expert(index, x[token]) * weights[token, slot, None])
+            out = out.index_add(0, token, self.expert(index, x[token]) * weights[token, slot, None])
         if self.bias_mode == "global":
             out = out + self.global_bias
         return out
