@@ -22,7 +22,6 @@ import mlx.core as mx
 import torch
 from mlx.utils import tree_flatten
 from rxt_convert import canonical
-from rxt_convert.reference import RxTReference
 from rxt_convert.sources import TensorInfo, TensorStore
 
 from rxt_mlx.config import RxTConfig
@@ -149,10 +148,11 @@ def shape_plan(config: RxTConfig) -> dict[str, Any]:
     """Run the converter's plan on a meta-device reference of ``config`` and compare with MLX, lazily.
 
     Returns the reference parameter counts per component, the number of canonical and MLX keys,
-    and any differences (an empty ``problems`` list means every key and shape matches).
+    any differences (an empty ``problems`` list means every key and shape matches) and the MLX
+    memory that building allocated (nothing is evaluated, so it stays near zero).
     """
-    with torch.device("meta"):
-        reference = RxTReference(config)
+    mlx_bytes_before = mx.get_active_memory()
+    reference = canonical.meta_reference(config)
     counts = {
         name: sum(parameter.numel() for parameter in getattr(reference, name).parameters())
         for name in ("decoder", "encoder", "memory_attention")
@@ -181,6 +181,7 @@ def shape_plan(config: RxTConfig) -> dict[str, Any]:
         "mlx_keys": len(wanted),
         "mlx_parameters": sum(math.prod(shape) for shape in wanted.values()),
         "problems": problems,
+        "mlx_bytes_allocated": mx.get_active_memory() - mlx_bytes_before,
     }
 
 
@@ -198,7 +199,10 @@ def main() -> int:
         print(f"  {problem}")
     if not report["problems"]:
         print(f"all {report['mlx_keys']} keys match")
-    print(f"{seconds:.1f} s, peak RSS {rss_after:.0f} MiB (was {rss_before:.0f} MiB before building)")
+    print(
+        f"{seconds:.1f} s, MLX memory allocated {report['mlx_bytes_allocated'] / 2**20:.1f} MiB, "
+        f"peak RSS {rss_after:.0f} MiB (was {rss_before:.0f} MiB before building)"
+    )
     counts_ok = report["parameters"] == PUBLISHED_PARAMETERS
     return 0 if counts_ok and not report["problems"] else 1
 

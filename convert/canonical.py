@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,12 +153,33 @@ def _plan_legacy_experts(store: TensorStore, ff: str, parts: dict[tuple[str, str
     return result
 
 
-def expected_shapes(config: RxTConfig) -> dict[str, tuple[int, ...]]:
-    """Canonical key -> shape of the reference model built from ``config`` (on the meta device, no memory)."""
+_INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "constant_", "trunc_normal_")
+
+
+@contextmanager
+def _skipped_init():
+    """Make ``torch.nn.init`` a no-op: on the meta device it only costs time (torch decomposes it in Python)."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
+def meta_reference(config: RxTConfig) -> torch.nn.Module:
+    """The reference model of ``config`` on torch's meta device: shapes only, no memory, no init."""
     from rxt_convert.reference import RxTReference
 
-    with torch.device("meta"):
-        reference = RxTReference(config)
+    with torch.device("meta"), _skipped_init():
+        return RxTReference(config)
+
+
+def expected_shapes(config: RxTConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical key -> shape of the reference model built from ``config``."""
+    reference = meta_reference(config)
     return {
         key: tuple(tensor.shape)
         for key, tensor in reference.state_dict().items()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch
 from rxt_convert import canonical
 from rxt_convert.canonical import CanonicalError
 from rxt_convert.convert import main
+from rxt_convert.reference import RxTReference
+from rxt_convert.reference.checkpoint import load_reference, save_rxlm
+from rxt_convert.reference.testing import randomize_
 from rxt_convert.sources import (
     SourceError,
     TensorStore,
@@ -19,8 +25,12 @@ from rxt_convert.sources import (
     read_source,
     special_token_ids,
 )
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from rxt_mlx.config import RxTConfig
+from rxt_mlx.model import load_model
+from tests.factories import VOCAB_SIZE, tiny_config
 from tests.tokenizer_factories import tokenizer_config, write_bpe_tokenizer, write_sentencepiece_tokenizer
 
 
@@ -257,3 +267,236 @@ def test_tokenizer_config_argument_is_checked(tmp_path, capsys):
     assert status == 1 and "missing eos_token_id" in err
     status, err = run_cli([folder, tmp_path / "out"], capsys)
     assert status == 1 and "config.json: missing or malformed decoder_config" in err
+
+
+# --- end to end: reference checkpoints through rxt-convert ----------------------------------------
+
+
+def tiny_reference(config: RxTConfig | None = None, seed: int = 0) -> RxTReference:
+    return randomize_(RxTReference(config or tiny_config()), torch.Generator().manual_seed(seed)).eval()
+
+
+def saved(tmp_path, reference: RxTReference | None = None, **options) -> Path:
+    folder = save_rxlm(reference or tiny_reference(), tmp_path / "rxlm", **options)
+    write_bpe_tokenizer(folder, vocab_size=VOCAB_SIZE)
+    return folder
+
+
+def assert_same_logits(reference: RxTReference, folder: Path) -> None:
+    model = load_model(folder)
+    ids = torch.randint(0, VOCAB_SIZE, (1, 10), generator=torch.Generator().manual_seed(5))
+    stm = reference.initial_stm(1, torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = reference.decoder(ids, stm).numpy()
+    got = np.array(model.decoder(mx.array(ids.numpy().astype(np.int32)), mx.array(stm.numpy())))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def edit_weights(folder: Path, edit) -> None:
+    state = load_file(folder / "model.safetensors")
+    edit(state)
+    save_file(state, folder / "model.safetensors")
+
+
+def stored_dtypes(folder: Path) -> set[str]:
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as stored:
+        return {stored.get_slice(name).get_dtype() for name in stored.keys()}
+
+
+def test_full_folder_converts_and_copies_tokenizer_files(tmp_path, capsys):
+    reference = tiny_reference()
+    source = saved(tmp_path, reference)
+    (source / "tokenizer_config.json").write_text('{"model_max_length": 64}')
+    (source / "special_tokens_map.json").write_text('{"unk_token": "[UNK]"}')
+    status, _ = run_cli([source, tmp_path / "out", "--no-progress"], capsys)
+    assert status == 0
+    out = tmp_path / "out"
+    assert sorted(path.name for path in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    assert (out / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "rxt-mlx" and config["format_version"] == 1
+    assert config["tokenizer_config"] == reference.config.tokenizer.to_dict()
+    assert stored_dtypes(out) == {"F32"}
+    assert_same_logits(reference, out)
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".out.")]  # staging removed
+
+
+def test_sentencepiece_tokenizer_is_copied(tmp_path, capsys):
+    source = save_rxlm(tiny_reference(), tmp_path / "rxlm")
+    write_sentencepiece_tokenizer(tmp_path / "spm")
+    status, _ = run_cli([source, tmp_path / "out", "--tokenizer", tmp_path / "spm" / "tokenizer.model"], capsys)
+    assert status == 0 and (tmp_path / "out" / "tokenizer.model").is_file()
+
+
+@pytest.mark.parametrize(
+    ("save_dtype", "argv", "expected"),
+    [
+        (torch.float16, [], {"F16"}),
+        (torch.bfloat16, [], {"BF16"}),
+        (None, ["--dtype", "float16"], {"F16"}),
+        (torch.bfloat16, ["--dtype", "float32"], {"F32"}),
+    ],
+)
+def test_output_dtype(tmp_path, capsys, save_dtype, argv, expected):
+    source = saved(tmp_path, dtype=save_dtype)
+    status, err = run_cli([source, tmp_path / "out", *argv], capsys)
+    assert status == 0, err
+    assert stored_dtypes(tmp_path / "out") == expected
+    assert load_model(tmp_path / "out").dtype == getattr(
+        mx, {"F16": "float16", "BF16": "bfloat16"}.get(expected.copy().pop(), "float32")
+    )
+
+
+def test_component_folders_with_explicit_tokenizer(tmp_path, capsys):
+    config = tiny_config(
+        memory_attention={"use_gated_residual": True, "residual_gate_type": "elementwise"},
+        memory_attention_variant="self-interlayer",
+    )
+    reference = tiny_reference(config)
+    source = save_rxlm(reference, tmp_path / "rxlm", layout="components")
+    ids = write_bpe_tokenizer(tmp_path / "tok", vocab_size=VOCAB_SIZE)
+    (tmp_path / "ids.json").write_text(json.dumps(ids))
+    argv = [
+        *("--decoder", source / "decoder", "--encoder", source / "encoder"),
+        *("--memory-attention", source / "memory_attention"),
+        *("--tokenizer", tmp_path / "tok", "--tokenizer-config", tmp_path / "ids.json"),
+        tmp_path / "out",
+    ]
+    status, err = run_cli(argv, capsys)
+    assert status == 0, err
+    config_out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config_out["memory_attention_variant"] == "self-interlayer" and config_out["tokenizer_config"] == ids
+    assert_same_logits(reference, tmp_path / "out")
+
+
+def test_training_checkpoint_source(tmp_path, capsys):
+    reference = tiny_reference()
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.parent.mkdir()
+    torch.save({"config": reference.config.to_dict(), "model": reference.state_dict(), "step": 7}, path)
+    write_bpe_tokenizer(path.parent, vocab_size=VOCAB_SIZE)
+    status, err = run_cli([path, tmp_path / "out"], capsys)
+    assert status == 0, err
+    assert_same_logits(reference, tmp_path / "out")
+
+
+def test_loaded_reference_folder_roundtrip(tmp_path, capsys):
+    source = saved(tmp_path)
+    status, _ = run_cli([source, tmp_path / "out"], capsys)
+    assert status == 0
+    assert_same_logits(load_reference(source), tmp_path / "out")
+
+
+def _status(tmp_path, capsys, source, *argv):
+    status, err = run_cli([source, tmp_path / "out", *argv], capsys)
+    assert status == 1 and not (tmp_path / "out").exists()
+    return err
+
+
+def test_missing_unexpected_and_mis_shaped_weights(tmp_path, capsys):
+    source = saved(tmp_path)
+    original = load_file(source / "model.safetensors")
+    edit_weights(source, lambda state: state.pop("decoder.model.layers.1.ff.fc2.weight"))
+    err = _status(tmp_path, capsys, source)
+    assert "missing weight(s): decoder.model.layers.1.ff.fc2.weight" in err
+    save_file(original, source / "model.safetensors")
+    edit_weights(source, lambda state: state.update({"encoder.model.layers.0.extra.weight": torch.zeros(3)}))
+    err = _status(tmp_path, capsys, source)
+    assert "unexpected weight(s) the config does not use: encoder.model.layers.0.extra.weight" in err
+    save_file(original, source / "model.safetensors")
+    edit_weights(source, lambda state: state.update({"decoder.model.head.bias": torch.zeros(301)}))
+    err = _status(tmp_path, capsys, source)
+    assert "shape mismatch for decoder.model.head.bias: expected [300], got [301]" in err
+    save_file(original, source / "model.safetensors")
+    edit_weights(source, lambda state: state.pop("decoder.model.embedding.weight"))
+    err = _status(tmp_path, capsys, source)
+    assert "missing weight(s): decoder.model.embedding.weight" in err
+
+
+def test_embeddings_that_differ_are_refused(tmp_path, capsys):
+    reference = tiny_reference()
+    state = reference.state_dict()
+    state["encoder.model.embedding.weight"] = state["encoder.model.embedding.weight"] + 1
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config": reference.config.to_dict(), "model": state}, path)
+    write_bpe_tokenizer(tmp_path, vocab_size=VOCAB_SIZE)
+    err = _status(tmp_path, capsys, path)
+    assert "decoder.model.embedding.weight and encoder.model.embedding.weight are both stored and differ" in err
+
+
+@pytest.mark.parametrize(
+    ("section", "change", "message"),
+    [
+        ("decoder_config", {"attn_layer_types": ["linear", "sqa"]}, "hybrid/linear attention layers"),
+        ("encoder_config", {"self_att_type": "hybrid"}, "hybrid/linear attention layers"),
+        ("memory_attention_config", {"norm_type": "adaptive"}, "memory norm_type 'adaptive' is not supported"),
+        ("decoder_config", {"self_att_type": "linear"}, "attention type 'linear' is not supported"),
+        ("decoder_config", {"num_layers": "two"}, "num_layers must be a positive integer, got 'two'"),
+        (
+            "tokenizer_config",
+            {"answer_token_id": 999},
+            "answer_token_id 999 is outside the vocabulary (vocab_size 300)",
+        ),
+        ("memory_attention_variant", "gated", "memory_attention_variant 'gated' is not one of"),
+    ],
+)
+def test_unsupported_or_malformed_config(tmp_path, capsys, section, change, message):
+    source = saved(tmp_path)
+    config = json.loads((source / "config.json").read_text())
+    if isinstance(change, dict):
+        config[section].update(change)
+    else:
+        config[section] = change
+    (source / "config.json").write_text(json.dumps(config))
+    assert message in _status(tmp_path, capsys, source)
+
+
+def test_interlayer_quirk_is_explained(tmp_path, capsys):
+    config = tiny_config(
+        memory_attention={"use_gated_residual": True, "residual_gate_type": "static"},
+        memory_attention_variant="self-interlayer",
+    )
+    reference = tiny_reference(config)
+    source = saved(tmp_path, reference)
+    values = json.loads((source / "config.json").read_text())
+    values["memory_attention_variant"] = "interlayer"  # what rxlm >= 0.3.65 trained as self-interlayer
+    (source / "config.json").write_text(json.dumps(values))
+    assert "pass --variant self-interlayer" in _status(tmp_path, capsys, source)
+    status, err = run_cli([source, tmp_path / "out", "--variant", "self-interlayer"], capsys)
+    assert status == 0, err
+    assert_same_logits(reference, tmp_path / "out")
+
+
+def test_output_folder_is_protected(tmp_path, capsys):
+    source = saved(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    status, err = run_cli([source, other], capsys)
+    assert status == 1 and "already exists; pass --overwrite" in err
+    status, err = run_cli([source, other, "--overwrite"], capsys)
+    assert status == 1 and "is not an rxt-mlx model folder; refusing to overwrite" in err
+    assert (other / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "out"
+    assert run_cli([source, out], capsys)[0] == 0
+    assert run_cli([source, out, "--overwrite", "--dtype", "float16"], capsys)[0] == 0
+    assert stored_dtypes(out) == {"F16"}
+
+
+def test_rxt_beta_shape_plan_without_memory():
+    """The published RxT-Beta (2.9B) goes through plan, check and sanitize on shapes only, in seconds."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "beta_shape_plan.py"
+    spec = importlib.util.spec_from_file_location("beta_shape_plan", path)
+    plan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plan)
+    report = plan.shape_plan(plan.beta_config())
+    assert report["parameters"] == plan.PUBLISHED_PARAMETERS
+    assert report["problems"] == []
+    assert report["mlx_keys"] == 1117 and report["canonical_keys"] == 1069
+    assert report["mlx_bytes_allocated"] < 2**20  # ~12 GB if anything had been evaluated
