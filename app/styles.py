@@ -17,7 +17,7 @@ ConversationItem.foreign .title { color: $warning; }
 .message.assistant .role { color: $success; }
 .message Markdown { margin: 0; padding: 0 0 0 2; }
 #prompt { dock: bottom; }
-#memory { width: 34; border-left: solid $primary-darken-2; padding: 0 1; }
+#memory { width: 34; height: 1fr; border-left: solid $primary-darken-2; padding: 0 1; }
 #status { height: 1; background: $primary-darken-2; color: $text; padding: 0 1; }
 .dialog-screen { align: center middle; }
 .dialog { width: 70; height: auto; border: thick $primary; background: $surface; padding: 1 2; }

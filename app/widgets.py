@@ -119,7 +119,8 @@ def sparkline(values: list[float]) -> str:
 
 def format_memory_panel(history: list[tuple[float, ...]], state: str) -> str:
     """Per-layer bars of the last update's relative change, plus a sparkline of the mean change per turn."""
-    lines = ["STM change, last turn", "‖STMₜ − STMₜ₋₁‖ / ‖STMₜ₋₁‖", ""]
+    title = f"STM change at turn {len(history)}" if history else "STM change per layer"
+    lines = [title, "‖STMₜ − STMₜ₋₁‖ / ‖STMₜ₋₁‖", ""]
     if not history:
         lines.append("no turn yet")
     else:

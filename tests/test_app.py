@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from rxt_app.storage import Storage
 from rxt_app.tui import ChatApp, run_app
-from rxt_app.worker import InferenceWorker, ModelLoadError, TokenText
+from rxt_app.worker import AnswerFinished, InferenceWorker, ModelLoadError, TokenText, TurnSaved
 
 import rxt_mlx
-from rxt_mlx.session import AnswerDone, Session
+from rxt_mlx.session import AnswerDone, Session, TokenEvent
 from rxt_mlx.stm import load_stm
 from tests.app_helpers import wait_until
 from tests.factories import tiny_config, write_model_folder
@@ -197,3 +197,79 @@ def test_bad_model_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="no config.json"):
         run_app(tmp_path / "empty", tmp_path / "data")
+
+
+def run_worker(model_folder, jobs, on_event=None, sampling=SAMPLING):
+    """Run ``jobs(worker)`` on a started worker; returns every event it posted, in order."""
+    events = []
+    worker: InferenceWorker | None = None
+
+    def post(event):
+        events.append(event)
+        if on_event is not None:
+            on_event(worker, event)
+
+    worker = InferenceWorker(model_folder, post, sampling).start()
+    try:
+        jobs(worker)
+        worker.wait_idle()
+    finally:
+        worker.shutdown()
+    return events, worker
+
+
+def test_worker_queues_a_query_behind_the_memory_update(model_folders, tmp_path):
+    def jobs(worker):
+        worker.open("c", 0, [])
+        worker.send("c", 1, "Hi, I'm Ann.", tmp_path / "1.safetensors")
+        worker.send("c", 2, "What is my name?", tmp_path / "2.safetensors")
+
+    events, _ = run_worker(model_folders["a"], jobs)
+    kinds = [
+        (type(event).__name__, getattr(event, "turn", None)) for event in events if not isinstance(event, TokenText)
+    ]
+    assert kinds == [
+        ("SessionReady", 0),
+        ("TurnStarted", 1),
+        ("AnswerFinished", 1),
+        ("TurnSaved", 1),
+        ("TurnStarted", 2),
+        ("AnswerFinished", 2),
+        ("TurnSaved", 2),
+    ]
+    expected, expected_stm = reference_answers(model_folders["a"], ["Hi, I'm Ann.", "What is my name?"])
+    saved = [event for event in events if isinstance(event, TurnSaved)]
+    assert [event.answer for event in saved] == expected
+    assert len(saved[1].stats.memory_change) == expected_stm.shape[0]
+    assert all(change > 0 for change in saved[1].stats.memory_change)
+    assert_stm_equal(load_stm(tmp_path / "2.safetensors", model_fingerprint=None)[0], expected_stm)
+
+
+def test_worker_stop_keeps_and_memorizes_the_partial_answer(model_folders, tmp_path):
+    def stop_after_first_token(worker, event):
+        if isinstance(event, TokenText):
+            worker.stop()
+
+    def jobs(worker):
+        worker.open("c", 0, [])
+        worker.send("c", 1, "Hi, I'm Ann.", tmp_path / "1.safetensors")
+
+    sampling = {"max_tokens": 32, "temperature": 0.0}
+    events, worker = run_worker(model_folders["a"], jobs, stop_after_first_token, sampling)
+    finished = next(event for event in events if isinstance(event, AnswerFinished))
+    assert finished.stopped and 1 <= finished.tokens < 32
+    saved = next(event for event in events if isinstance(event, TurnSaved))
+    assert saved.stats.stopped and saved.answer == finished.text
+    model, tokenizer = rxt_mlx.load(model_folders["a"])
+    partial = reference_tokens(model, tokenizer, "Hi, I'm Ann.")[: finished.tokens]
+    assert finished.text == tokenizer.decode(partial)
+    interaction = mx.array([tokenizer.query_ids("Hi, I'm Ann.") + partial], dtype=mx.uint32)
+    expected = model.update_memory(model.initial_stm(batch=1, seed=0), interaction)
+    stm, _ = load_stm(tmp_path / "1.safetensors", model_fingerprint=model.fingerprint)
+    np.testing.assert_allclose(np.array(stm), np.array(expected), rtol=1e-5, atol=1e-6)
+
+
+def reference_tokens(model, tokenizer, query: str) -> list[int]:
+    session = Session(model, tokenizer)
+    events = session.generate(query, max_tokens=32, temperature=0.0)
+    return [event.id for event in events if isinstance(event, TokenEvent)]

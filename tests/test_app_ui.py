@@ -260,3 +260,30 @@ async def test_quit_waits_for_memory_update(tmp_path):
         await wait_until(pilot, lambda: not app.is_running)
     storage = Storage(tmp_path / "data")
     assert storage.conversations()[0].turn_count == 1
+
+
+async def test_rename_and_switch_from_the_list(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await answered_turns(pilot, worker, ["first chat"])
+        first = app.current.id
+        await pilot.press("ctrl+n")
+        await wait_until(pilot, lambda: app.current.id != first and app.state(app.current.id).ready)
+        second = app.current.id
+        assert transcript(app) == []
+
+        await pilot.press("f2")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "TextPromptScreen")
+        app.screen.query_one("#answer").value = "Tea talk"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.storage.conversation(second).title == "Tea talk")
+
+        conversations = app.query_one("#conversations")
+        conversations.focus()
+        await wait_until(pilot, lambda: len(conversations.children) == 2)
+        conversations.index = [item.conversation.id for item in conversations.children].index(first)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.current.id == first)
+        assert transcript(app) == [("user", 1, "first chat"), ("assistant", 1, "answer to first chat")]
+        assert [item.conversation.title for item in conversations.children] == ["Tea talk", "first chat"]
