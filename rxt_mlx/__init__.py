@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rxt_mlx.blas import preload_optimised_blas
+
+preload_optimised_blas()
+
 __all__ = ["RxT", "Session", "load", "load_model"]
 
 
