@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -227,20 +227,19 @@ def source_dtype(store: TensorStore, planned: dict[str, PlannedTensor]) -> str:
     return {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dominant, "float32")
 
 
-def materialize(
+def iter_materialized(
     store: TensorStore, planned: dict[str, PlannedTensor], dtype: str, progress: bool | None = None
-) -> dict[str, np.ndarray]:
-    """Load and convert the planned tensors.
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Load and convert the planned tensors one at a time, so a caller can keep only the converted copy.
 
-    Arrays come back as numpy ``dtype``; for ``bfloat16`` (which numpy lacks) they stay float32
-    and the caller casts them in MLX. bf16 sources go through torch to float32 first.
+    Arrays come as numpy ``dtype``; for ``bfloat16`` (which numpy lacks) they stay float32 and
+    the caller casts them in MLX. bf16 sources go through torch to float32 first.
     """
     if dtype not in DTYPES:
         raise CanonicalError(f"unsupported output dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
     target = DTYPES[dtype] or np.float32
     if progress is None:
         progress = store.nbytes >= PROGRESS_BYTES and sys.stderr.isatty()
-    canonical = {}
     for key, entry in tqdm(planned.items(), desc="converting", unit="tensor", disable=not progress):
         tensors = [store.load(source) for source in entry.sources]
         if key == EMBEDDING and len(tensors) == 2 and not torch.equal(tensors[0], tensors[1]):
@@ -256,5 +255,11 @@ def materialize(
             array = tensor.detach().to(torch.float32).numpy().astype(target, copy=False)
         if target is np.float16 and not np.isfinite(array).all() and torch.isfinite(tensor).all():
             raise CanonicalError(f"{entry.sources[0]}: values overflow float16; use --dtype bfloat16 or float32")
-        canonical[key] = array
-    return canonical
+        yield key, array
+
+
+def materialize(
+    store: TensorStore, planned: dict[str, PlannedTensor], dtype: str, progress: bool | None = None
+) -> dict[str, np.ndarray]:
+    """The canonical rxlm state: every planned tensor loaded and converted (see :func:`iter_materialized`)."""
+    return dict(iter_materialized(store, planned, dtype, progress))

@@ -219,8 +219,7 @@ def convert(options: Options, log=print) -> Path:
     planned = canonical.plan(source.tensors)
     canonical.check(planned, canonical.expected_shapes(config))
     dtype = options.dtype or canonical.source_dtype(source.tensors, planned)
-    weights = canonical.materialize(source.tensors, planned, dtype, options.progress)
-    log(f"{len(weights)} weights checked, output dtype {dtype}")
+    weights = canonical.iter_materialized(source.tensors, planned, dtype, options.progress)
     with tempfile.TemporaryDirectory(prefix=f".{options.output.name}.", dir=_parent(options.output)) as staging:
         staging = Path(staging) / options.output.name
         write_mlx_model(config, weights, dtype, options, staging)
@@ -229,6 +228,7 @@ def convert(options: Options, log=print) -> Path:
         if options.output.exists():
             shutil.rmtree(options.output)
         staging.rename(options.output)
+    log(f"{len(planned)} weights checked and converted to {dtype}")
     log(f"wrote {options.output}")
     return options.output
 
@@ -258,19 +258,25 @@ def _parent(output: Path) -> Path:
     return parent
 
 
-def write_mlx_model(config: RxTConfig, weights: dict, dtype: str, options: Options, folder: Path) -> None:
-    """Load ``weights`` strictly into an MLX RxT, quantize if asked, and save it to ``folder``."""
+def write_mlx_model(config: RxTConfig, weights, dtype: str, options: Options, folder: Path) -> None:
+    """Load canonical ``weights`` ((key, array) pairs) strictly into an MLX RxT, quantize if asked, save it.
+
+    Each array is cast to ``dtype`` and evaluated as it arrives, so the float32 copies of a large
+    checkpoint never all live at once.
+    """
     import mlx.core as mx
 
     from rxt_mlx.model import RxT, quantize_model, save_model
     from rxt_mlx.weights import load_weights, sanitize
 
     target = getattr(mx, dtype)
+    converted = {}
+    for key, array in weights:
+        converted[key] = mx.array(array).astype(target)
+        mx.eval(converted[key])
     model = RxT(config)
-    mlx_weights = {name: value.astype(target) for name, value in sanitize(weights).items()}
-    weights.clear()
-    load_weights(model, mlx_weights)
-    del mlx_weights
+    load_weights(model, sanitize(converted))
+    del converted
     if options.quantize:
         quantize_model(model, options.q_bits, options.q_group_size)
     folder.mkdir(parents=True)
