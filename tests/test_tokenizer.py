@@ -48,8 +48,7 @@ def test_stream_holds_back_incomplete_characters(tokenizer):
     ids = tokenizer.encode("🍕東")
     pieces = stream(tokenizer, ids)
     assert len(ids) > 2
-    assert [piece for piece in pieces if piece] == ["🍕", "東"] or "".join(pieces) == "🍕東"
-    assert all(piece in ("", "🍕", "東", "🍕東") for piece in pieces)
+    assert [piece for piece in pieces if piece] == ["🍕", "東"]
 
 
 def test_special_tokens_are_not_printed(tokenizer):
