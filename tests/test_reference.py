@@ -656,6 +656,11 @@ def test_save_rxlm_bin_and_legacy_moe(tmp_path):
         torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-5)
 
 
+def test_legacy_moe_refuses_a_global_bias(tmp_path):
+    with pytest.raises(ValueError, match=r"stateless_layers\.1\.ff\.global_bias: a non-zero global MoE bias"):
+        save_rxlm(random_model(), tmp_path, legacy_moe=True)
+
+
 def test_load_reference_from_training_checkpoint_and_errors(tmp_path):
     model = random_model()
     torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "step": 3}, tmp_path / "ckpt.pt")

@@ -58,24 +58,19 @@ def legacy_moe_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         if not prefix.endswith(".ff") or name not in ("w1", "w2", "b1", "b2", "global_bias"):
             out[key] = value
             continue
-        if name == "global_bias":
-            if value.abs().max() > 0:
-                raise CheckpointError(f"{key}: a non-zero global MoE bias cannot be written in the legacy layout")
-        elif name in ("w1", "w2"):
-            w1, w2 = state[f"{prefix}.w1"], state[f"{prefix}.w2"]
-            biases = (state.get(f"{prefix}.b1"), state.get(f"{prefix}.b2"))
-            if name == "w2":
-                continue
-            for expert in range(w1.shape[0]):
-                base = f"{prefix}.experts.{expert}"
-                out[f"{base}.fc1.linear.weight"] = w1[expert].T.contiguous()
-                out[f"{base}.fc1.linear.bias"] = (
-                    biases[0][expert].clone() if biases[0] is not None else w1.new_zeros(w1.shape[2])
-                )
-                out[f"{base}.fc2.weight"] = w2[expert].T.contiguous()
-                out[f"{base}.fc2.bias"] = (
-                    biases[1][expert].clone() if biases[1] is not None else w2.new_zeros(w2.shape[2])
-                )
+        if name == "global_bias" and value.abs().max() > 0:
+            raise CheckpointError(f"{key}: a non-zero global MoE bias cannot be written in the legacy layout")
+        if name != "w1":
+            continue
+        w1, w2 = value, state[f"{prefix}.w2"]
+        b1 = state.get(f"{prefix}.b1", w1.new_zeros(w1.shape[0], w1.shape[2]))
+        b2 = state.get(f"{prefix}.b2", w2.new_zeros(w2.shape[0], w2.shape[2]))
+        for expert in range(w1.shape[0]):
+            base = f"{prefix}.experts.{expert}"
+            out[f"{base}.fc1.linear.weight"] = w1[expert].T.contiguous()
+            out[f"{base}.fc1.linear.bias"] = b1[expert].clone()
+            out[f"{base}.fc2.weight"] = w2[expert].T.contiguous()
+            out[f"{base}.fc2.bias"] = b2[expert].clone()
     return out
 
 
