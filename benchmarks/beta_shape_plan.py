@@ -104,17 +104,7 @@ BETA_CONFIG: dict[str, Any] = {
         "use_flash_attention": True,
     },
     # The published ids are unknown (spec §4.1); any valid ids do for shapes.
-    "tokenizer_config": {
-        "pad_token_id": 0,
-        "bos_token_id": 2,
-        "eos_token_id": 3,
-        "query_token_id": 4,
-        "answer_token_id": 5,
-        "think_token_id": 6,
-        "tool_call_token_id": 8,
-        "tool_use_token_id": 9,
-        "internal_token_id": 7,
-    },
+    "tokenizer_config": {"bos_token_id": 2, "eos_token_id": 3, "query_token_id": 4, "answer_token_id": 5},
     "memory_attention_variant": "grouped-self-interlayer",
 }
 
