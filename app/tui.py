@@ -118,7 +118,6 @@ class ChatApp(App[None]):
         self.states: dict[str, ConversationState] = {}
         self.current: Conversation | None = None
         self.quitting = False
-        self.last_stats: TurnStats | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -250,11 +249,11 @@ class ChatApp(App[None]):
             return "saving memory before quitting"
         return ""
 
-    def history(self) -> list[tuple[float, ...]]:
-        """Per-turn STM change of the current conversation (committed turns)."""
+    def turn_stats(self) -> list[TurnStats]:
+        """The figures of every committed turn of the current conversation."""
         if self.current is None:
             return []
-        return [m.stats.memory_change for m in self.storage.messages(self.current.id) if m.stats is not None]
+        return [m.stats for m in self.storage.messages(self.current.id) if m.stats is not None]
 
     def update_chrome(self) -> None:
         """Refresh the notice banner, input state, status line and memory panel."""
@@ -273,20 +272,18 @@ class ChatApp(App[None]):
         prompt.disabled = bool(state.read_only_reason or state.problem)
         if was_disabled and not prompt.disabled and self.screen is self.screen_stack[0]:
             prompt.focus()
-        if self.last_stats is None and self.current is not None:
-            stats = [m.stats for m in self.storage.messages(self.current.id) if m.stats is not None]
-            self.last_stats = stats[-1] if stats else None
+        stats = self.turn_stats()
         figures = StatusFigures(
             model=self.worker.model_dir.name,
             turn=self.current.turn_count if self.current else 0,
             memory=self.memory_state(),
-            stats=self.last_stats,
+            stats=stats[-1] if stats else None,
             activity=self.activity(),
         )
         self.query_one(StatusLine).show(figures)
         panel = self.query_one(MemoryPanel)
         if panel.display:
-            panel.show(self.history(), figures.memory)
+            panel.show([turn.memory_change for turn in stats], figures.memory)
 
     # ----- input
 
@@ -335,7 +332,7 @@ class ChatApp(App[None]):
             JobFailed: self.job_failed,
         }[type(event)]
         await handler(event)
-        if not self.quitting or not self.has_live_turns():
+        if not isinstance(event, TokenText):
             self.update_chrome()
         if self.quitting and not self.has_live_turns():
             self.exit()
@@ -397,7 +394,6 @@ class ChatApp(App[None]):
             return
         if self.current is not None and self.current.id == event.conversation_id:
             self.current = conversation
-            self.last_stats = event.stats
         await self.refresh_list()
 
     async def job_failed(self, event: JobFailed) -> None:
@@ -420,7 +416,6 @@ class ChatApp(App[None]):
 
     async def action_new_conversation(self) -> None:
         conversation = self.storage.create_conversation(NEW_TITLE, self.worker.fingerprint)
-        self.last_stats = None
         self.current = conversation
         await self.refresh_list()
         await self.switch_to(conversation.id)
@@ -455,7 +450,6 @@ class ChatApp(App[None]):
         self.worker.forget(conversation_id)
         self.states.pop(conversation_id, None)
         self.current = None
-        self.last_stats = None
         remaining = self.storage.conversations()
         if not remaining:
             remaining = [self.storage.create_conversation(NEW_TITLE, self.worker.fingerprint)]
@@ -485,7 +479,6 @@ class ChatApp(App[None]):
         self.current = self.storage.rewind_to(self.current.id, turn)
         state = self.state(self.current.id)
         state.last_good_turn = None
-        self.last_stats = None
         self.open_in_worker(self.current)
         await self.render_transcript()
         await self.refresh_list()
@@ -516,7 +509,6 @@ class ChatApp(App[None]):
             self.notify(str(error), severity="error")
             return
         self.current = fork
-        self.last_stats = None
         await self.refresh_list()
         await self.switch_to(fork.id)
         self.notify(f"Forked at turn {turn}: “{fork.title}”.")
