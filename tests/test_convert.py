@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from rxt_mlx.config import RxTConfig
 from rxt_mlx.model import load_model
-from tests.factories import VOCAB_SIZE, tiny_config
+from tests.factories import PARITY_CONFIGS, VOCAB_SIZE, tiny_config
 from tests.tokenizer_factories import tokenizer_config, write_bpe_tokenizer, write_sentencepiece_tokenizer
 
 
@@ -489,12 +489,26 @@ def test_output_folder_is_protected(tmp_path, capsys):
     assert stored_dtypes(out) == {"F16"}
 
 
-def test_rxt_beta_shape_plan_without_memory():
-    """The published RxT-Beta (2.9B) goes through plan, check and sanitize on shapes only, in seconds."""
+@pytest.fixture(scope="module")
+def shape_plan_module():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "beta_shape_plan.py"
     spec = importlib.util.spec_from_file_location("beta_shape_plan", path)
-    plan = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plan)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shape_plan_saves_the_keys_rxlm_saves(tmp_path, shape_plan_module):
+    """The plan's key-by-key "save" keeps exactly the tensors safetensors keeps (tiny beta-like config)."""
+    config = PARITY_CONFIGS["beta"]()
+    on_disk = load_file(save_rxlm(RxTReference(config), tmp_path) / "model.safetensors")
+    assert set(shape_plan_module.saved_tensors(canonical.meta_reference(config))) == set(on_disk)
+    assert "decoder.model.final_stateless_layers.0.attention.rope.cache" in on_disk
+
+
+def test_rxt_beta_shape_plan_without_memory(shape_plan_module):
+    """The published RxT-Beta (2.9B) goes through plan, check and sanitize on shapes only, in seconds."""
+    plan = shape_plan_module
     report = plan.shape_plan(plan.beta_config())
     assert report["parameters"] == plan.PUBLISHED_PARAMETERS
     assert report["problems"] == []
