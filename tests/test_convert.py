@@ -337,20 +337,19 @@ def test_sentencepiece_tokenizer_is_copied(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("save_dtype", "argv", "expected"),
     [
-        (torch.float16, [], {"F16"}),
-        (torch.bfloat16, [], {"BF16"}),
-        (None, ["--dtype", "float16"], {"F16"}),
-        (torch.bfloat16, ["--dtype", "float32"], {"F32"}),
+        (torch.float16, [], "float16"),  # default: the source's dtype
+        (torch.bfloat16, [], "bfloat16"),
+        (None, [], "float32"),
+        (None, ["--dtype", "float16"], "float16"),
+        (torch.bfloat16, ["--dtype", "float32"], "float32"),
     ],
 )
 def test_output_dtype(tmp_path, capsys, save_dtype, argv, expected):
     source = saved(tmp_path, dtype=save_dtype)
     status, err = run_cli([source, tmp_path / "out", *argv], capsys)
     assert status == 0, err
-    assert stored_dtypes(tmp_path / "out") == expected
-    assert load_model(tmp_path / "out").dtype == getattr(
-        mx, {"F16": "float16", "BF16": "bfloat16"}.get(expected.copy().pop(), "float32")
-    )
+    assert stored_dtypes(tmp_path / "out") == {{"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[expected]}
+    assert load_model(tmp_path / "out").dtype == getattr(mx, expected)
 
 
 def test_component_folders_with_explicit_tokenizer(tmp_path, capsys):
