@@ -22,7 +22,7 @@ def load(path: str | Path):
     from rxt_mlx.tokenizer import load_tokenizer
 
     model = load_model(path)
-    return model, load_tokenizer(path, model.config.tokenizer)
+    return model, load_tokenizer(path, model.config.tokenizer, model.config.system_prompt_title)
 
 
 def __getattr__(name: str):
