@@ -76,6 +76,10 @@ def make_app(tmp_path, worker=None):
     return app, worker
 
 
+def ready(app) -> bool:
+    return app.current is not None and app.state(app.current.id).ready
+
+
 def transcript(app) -> list[tuple[str, int, str]]:
     return [(view.role, view.turn, view.text) for view in app.query(MessageView)]
 
@@ -88,7 +92,7 @@ async def type_and_send(pilot, text: str) -> None:
 async def test_stream_update_and_queue_behind_memory_update(tmp_path):
     app, worker = make_app(tmp_path)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: ready(app))
         await type_and_send(pilot, "hello there")
         await wait_until(pilot, lambda: len(worker.sent) == 1)
         worker.answer(0, ["Hi", " *Ann*"])
@@ -132,7 +136,7 @@ async def answered_turns(pilot, worker, queries: list[str]) -> None:
 async def test_rewind_fork_delete(tmp_path):
     app, worker = make_app(tmp_path)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: ready(app))
         await answered_turns(pilot, worker, ["one", "two", "three"])
         source = app.current
         assert [t for _, t, _ in transcript(app)] == [1, 1, 2, 2, 3, 3]
@@ -188,7 +192,7 @@ async def test_foreign_model_is_read_only(tmp_path):
 async def test_corrupt_snapshot_offers_rewind(tmp_path):
     app, worker = make_app(tmp_path)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: ready(app))
         await answered_turns(pilot, worker, ["one", "two"])
         conversation_id = app.current.id
     worker = ScriptedWorker()
@@ -209,7 +213,7 @@ async def test_corrupt_snapshot_offers_rewind(tmp_path):
 async def test_copy_export_help_palette_stop(tmp_path):
     app, worker = make_app(tmp_path)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: ready(app))
         await answered_turns(pilot, worker, ["Hi, I'm Ann."])
         await pilot.press("ctrl+y")
         assert app.clipboard == "answer to Hi, I'm Ann."
@@ -248,7 +252,7 @@ async def test_copy_export_help_palette_stop(tmp_path):
 async def test_quit_waits_for_memory_update(tmp_path):
     app, worker = make_app(tmp_path)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: ready(app))
         await type_and_send(pilot, "remember this")
         await wait_until(pilot, lambda: len(worker.sent) == 1)
         worker.answer(0, ["sure"])
@@ -265,7 +269,7 @@ async def test_quit_waits_for_memory_update(tmp_path):
 async def test_rename_and_switch_from_the_list(tmp_path):
     app, worker = make_app(tmp_path)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: ready(app))
         await answered_turns(pilot, worker, ["first chat"])
         first = app.current.id
         await pilot.press("ctrl+n")
