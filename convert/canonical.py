@@ -187,12 +187,43 @@ def expected_shapes(config: RxTConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
+# (pattern, missing?, setting hint): config settings that older checkpoints lack (spec §4.3, §6.8).
+_HINTS = (
+    (r"\.ff\.(shared_expert\.|shared_w)", True, "num_shared_experts: 0 (checkpoints before rxlm 0.3.5 have none)"),
+    (r"\.ff\.(shared_expert\.|shared_w)", False, "num_shared_experts matching the checkpoint"),
+    (r"^(decoder|encoder)\..*\.out_proj\.bias$", True, "use_attention_output_bias: false"),
+    (
+        r"^(decoder|encoder)\..*\.out_proj\.bias$",
+        False,
+        "use_attention_output_bias: true (the rxlm default before RxT-Beta)",
+    ),
+    (r"\.memory_cross_attention\.gate_proj\.", True, "use_gated_cross_attention: false"),
+    (r"\.memory_cross_attention\.gate_proj\.", False, "use_gated_cross_attention: true"),
+    (r"\.attention\.gate_proj\.", True, "use_gated_attention: false"),
+    (r"\.attention\.gate_proj\.", False, "use_gated_attention: true"),
+    (r"\.ff\.(global_bias|b1|b2)$", None, "moe_bias_mode matching the checkpoint (global, local or off)"),
+    (r"^encoder\.model\.layers\.\d+\.memory_cross_attention\.", True, "skip_memory_cross_attention: true"),
+    (r"^encoder\.model\.layers\.\d+\.memory_cross_attention\.", False, "skip_memory_cross_attention: false"),
+)
+
+
+def _hints(missing: list[str], unexpected: list[str]) -> list[str]:
+    hints = []
+    for pattern, when_missing, setting in _HINTS:
+        keys = missing if when_missing else unexpected if when_missing is False else missing + unexpected
+        component = next((key.split(".", 1)[0] for key in keys if re.search(pattern, key)), None)
+        hint = f"hint: try {setting} in {component}_config"
+        if component and hint not in hints:
+            hints.append(hint)
+    return hints
+
+
 def check(planned: dict[str, PlannedTensor], expected: dict[str, tuple[int, ...]]) -> None:
-    """Raise :class:`CanonicalError` listing missing, unexpected and mis-shaped weights."""
+    """Raise :class:`CanonicalError` listing missing, unexpected and mis-shaped weights (with config hints)."""
     problems = []
     missing = sorted(set(expected) - set(planned))
     if missing:
-        hint = " (the embedding may be stored as encoder.model.embedding.weight)" if EMBEDDING in missing else ""
+        hint = f" (neither it nor {ENCODER_EMBEDDING} is stored)" if EMBEDDING in missing else ""
         problems.append(f"missing weight(s): {_listing(missing)}{hint}")
     unexpected = sorted(set(planned) - set(expected))
     if unexpected:
@@ -205,6 +236,7 @@ def check(planned: dict[str, PlannedTensor], expected: dict[str, tuple[int, ...]
                 f"got {list(planned[key].shape)}"
             )
     if problems:
+        problems += _hints(missing, unexpected)
         raise CanonicalError("checkpoint does not match its config:\n  " + "\n  ".join(problems))
 
 

@@ -327,6 +327,22 @@ def test_full_folder_converts_and_copies_tokenizer_files(tmp_path, capsys):
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".out.")]  # staging removed
 
 
+def test_sharded_checkpoint_converts(tmp_path, capsys):
+    reference = tiny_reference()
+    source = saved(tmp_path, reference)
+    state = load_file(source / "model.safetensors")
+    (source / "model.safetensors").unlink()
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({key: state[key] for key in keys}, source / shard)
+    weight_map = {key: shard for shard, keys in shards.items() for key in keys}
+    (source / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    status, err = run_cli([source, tmp_path / "out"], capsys)
+    assert status == 0, err
+    assert_same_logits(reference, tmp_path / "out")
+
+
 def test_sentencepiece_tokenizer_is_copied(tmp_path, capsys):
     source = save_rxlm(tiny_reference(), tmp_path / "rxlm")
     write_sentencepiece_tokenizer(tmp_path / "spm")
@@ -416,6 +432,38 @@ def test_missing_unexpected_and_mis_shaped_weights(tmp_path, capsys):
     edit_weights(source, lambda state: state.pop("decoder.model.embedding.weight"))
     err = _status(tmp_path, capsys, source)
     assert "missing weight(s): decoder.model.embedding.weight" in err
+
+
+@pytest.mark.parametrize(
+    ("saved_settings", "config_edit", "messages"),
+    [
+        (
+            {"use_moe": True, "num_experts": 4, "moe_top_k": 2, "num_shared_experts": 0},
+            lambda decoder: decoder.pop("num_shared_experts"),  # pre-0.3.5 configs lack it; the default is 1
+            ["missing weight(s): decoder.model.layers.0.ff.shared_expert.fc1.linear.bias", "num_shared_experts: 0"],
+        ),
+        (
+            {"use_attention_output_bias": True},
+            lambda decoder: decoder.update(use_attention_output_bias=False),
+            [
+                "unexpected weight(s) the config does not use: decoder.model.layers.0.attention.out_proj.bias",
+                "hint: try use_attention_output_bias: true (the rxlm default before RxT-Beta) in decoder_config",
+            ],
+        ),
+        (
+            {"use_gated_attention": True},
+            lambda decoder: decoder.update(use_gated_attention=False, use_gated_cross_attention=False),
+            ["use_gated_attention: true in decoder_config", "use_gated_cross_attention: true in decoder_config"],
+        ),
+    ],
+)
+def test_config_hints_for_older_checkpoints(tmp_path, capsys, saved_settings, config_edit, messages):
+    source = saved(tmp_path, tiny_reference(tiny_config(decoder=saved_settings)))
+    config = json.loads((source / "config.json").read_text())
+    config_edit(config["decoder_config"])
+    (source / "config.json").write_text(json.dumps(config))
+    err = _status(tmp_path, capsys, source)
+    assert all(message in err for message in messages), err
 
 
 def test_embeddings_that_differ_are_refused(tmp_path, capsys):
