@@ -202,12 +202,11 @@ class ChatApp(App[None]):
             return
         views: list[MessageView] = []
         for message in self.storage.messages(self.current.id):
-            views.append(MessageView(message.role, message.turn, message.text))
-            if message.stats is not None and message.stats.stopped:
-                views[-1].add_class("stopped")
+            stopped = message.stats is not None and message.stats.stopped
+            views.append(MessageView(message.role, message.turn, message.text, "stopped" if stopped else ""))
         for live in sorted(self.state(self.current.id).live.values(), key=lambda t: t.turn):
             views.append(MessageView("user", live.turn, live.query))
-            views.append(MessageView("assistant", live.turn, live.answer))
+            views.append(MessageView("assistant", live.turn, live.answer, "stopped" if live.stopped else ""))
         await transcript.mount_all(views)
         transcript.scroll_end(animate=False)
 
@@ -375,10 +374,7 @@ class ChatApp(App[None]):
         live.stopped = event.stopped
         view = self.answer_view(event.conversation_id, event.turn)
         if view is not None:
-            if view.text != event.text:
-                await view.markdown.update(event.text)
-                view.text = event.text
-            await view.finish("stopped" if event.stopped else "")
+            await view.finish(event.text, "stopped" if event.stopped else "")
         live.answer = event.text
 
     async def turn_saved(self, event: TurnSaved) -> None:

@@ -32,16 +32,22 @@ class ConversationItem(ListItem):
 class MessageView(Vertical):
     """One transcript entry: a role line and the text rendered as Markdown (streamed for live answers)."""
 
-    def __init__(self, role: str, turn: int, text: str = ""):
+    def __init__(self, role: str, turn: int, text: str = "", note: str = ""):
         super().__init__(classes=f"message {role}")
         self.role = role
         self.turn = turn
         self.text = text
+        self.note = note
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
-        yield Label(f"{'You' if self.role == 'user' else 'RxT'} · turn {self.turn}", classes="role")
+        yield Label(self.role_line(), classes="role")
         yield Markdown(self.text)
+
+    def role_line(self) -> str:
+        """``You · turn 3`` / ``RxT · turn 3 · stopped``."""
+        speaker = "You" if self.role == "user" else "RxT"
+        return f"{speaker} · turn {self.turn}" + (f" · {self.note}" if self.note else "")
 
     @property
     def markdown(self) -> Markdown:
@@ -55,14 +61,17 @@ class MessageView(Vertical):
             self._stream = Markdown.get_stream(self.markdown)
         await self._stream.write(fragment)
 
-    async def finish(self, note: str = "") -> None:
-        """End streaming; ``note`` (e.g. "stopped") is shown on the role line."""
+    async def finish(self, final_text: str, note: str = "") -> None:
+        """End streaming with the answer's final text; ``note`` (e.g. "stopped") goes on the role line."""
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
+        if final_text != self.text:
+            self.text = final_text
+            await self.markdown.update(final_text)
         if note:
-            role_line = self.query_one(".role", Label)
-            role_line.update(f"RxT · turn {self.turn} · {note}")
+            self.note = note
+            self.query_one(".role", Label).update(self.role_line())
 
 
 @dataclass

@@ -247,6 +247,12 @@ async def test_copy_export_help_palette_stop(tmp_path):
         await wait_until(pilot, lambda: len(worker.sent) == 2)
         await pilot.press("escape")
         assert worker.stops == 1
+        worker.answer(1, ["par", "tial"], stopped=True)
+        await wait_until(pilot, lambda: app.memory_state() == "updating")
+        answer = list(app.query(MessageView))[-1]
+        assert (answer.text, answer.role_line()) == ("partial", "RxT · turn 2 · stopped")
+        worker.save(1, "partial")
+        await wait_until(pilot, lambda: app.current.turn_count == 2)
 
 
 async def test_quit_waits_for_memory_update(tmp_path):
