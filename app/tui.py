@@ -178,10 +178,14 @@ class ChatApp(App[None]):
         await view.clear()
         items = [ConversationItem(c, self.foreign_reason(c) is not None) for c in conversations]
         await view.extend(items)
-        if self.current is not None:
-            for index, item in enumerate(items):
-                if item.conversation.id == self.current.id:
-                    view.index = index
+        self.highlight_current()
+
+    def highlight_current(self) -> None:
+        """Move the side list's cursor to the current conversation."""
+        view = self.query_one("#conversations", ListView)
+        for index, item in enumerate(view.children):
+            if isinstance(item, ConversationItem) and self.current and item.conversation.id == self.current.id:
+                view.index = index
 
     async def switch_to(self, conversation_id: str) -> None:
         """Show a conversation; load its memory in the worker unless it is read-only or loaded."""
@@ -192,6 +196,7 @@ class ChatApp(App[None]):
         if state.read_only_reason is None and not state.ready and not state.live and state.problem is None:
             self.open_in_worker(conversation)
         await self.render_transcript()
+        self.highlight_current()
         self.update_chrome()
 
     async def render_transcript(self) -> None:
