@@ -20,7 +20,7 @@ from typing import Any
 from rxt_mlx.config import MEMORY_ATTENTION_VARIANTS, ConfigError, RxTConfig, TokenizerConfig
 
 from . import canonical
-from .sources import Source, SourceError, find_tokenizer, read_object, read_source, special_token_ids, tokenizer_files
+from .sources import Source, SourceError, find_tokenizer, read_json, read_source, special_token_ids, tokenizer_files
 
 Q_BITS = (4, 8)
 Q_GROUP_SIZES = (32, 64, 128)
@@ -168,13 +168,15 @@ def resolve_tokenizer(options: Options, source: Source) -> tuple[Path, dict[str,
 
 
 def _parse_tokenizer_config(value: str) -> dict[str, Any]:
-    if value.lstrip().startswith("{"):
+    if Path(value).is_file():
+        ids = read_json(Path(value), "--tokenizer-config")
+    else:
         try:
             ids = json.loads(value)
         except json.JSONDecodeError as error:
-            raise ConversionError(f"--tokenizer-config: not valid JSON ({error})") from None
-    else:
-        ids = read_object(Path(value), "--tokenizer-config")
+            raise ConversionError(f"--tokenizer-config: {value!r} is neither a file nor valid JSON ({error})") from None
+    if not isinstance(ids, dict):
+        raise ConversionError(f"--tokenizer-config: expected a JSON object of token ids, got {type(ids).__name__}")
     if isinstance(ids.get("tokenizer_config"), dict):
         ids = ids["tokenizer_config"]
     return ids

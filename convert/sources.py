@@ -208,6 +208,8 @@ def add_weight_files(store: TensorStore, folder: Path, prefix: str = "") -> None
 def read_full_folder(folder: Path) -> Source:
     """A full-model rxlm folder (``RxTAlpha``/``RxTBeta.save_pretrained`` or our ``save_rxlm``)."""
     config = read_object(folder / "config.json", "model config")
+    if config.get("format") == "rxt-mlx":
+        raise SourceError(f"{folder} is already an rxt-mlx model folder (load it with rxt_mlx.load)")
     store = TensorStore()
     add_weight_files(store, folder)
     return Source(config, store, [folder], f"rxlm model folder {folder}")

@@ -262,7 +262,9 @@ def test_tokenizer_config_argument_is_checked(tmp_path, capsys):
     assert status == 1 and "no tokenizer (tokenizer.json or tokenizer.model) found" in err and "--tokenizer" in err
     write_bpe_tokenizer(folder)
     status, err = run_cli([folder, tmp_path / "out", "--tokenizer-config", '{"bos_token_id": 2'], capsys)
-    assert status == 1 and "--tokenizer-config: not valid JSON" in err
+    assert status == 1 and "--tokenizer-config: '{\"bos_token_id\": 2' is neither a file nor valid JSON" in err
+    status, err = run_cli([folder, tmp_path / "out", "--tokenizer-config", "[2, 3]"], capsys)
+    assert status == 1 and "--tokenizer-config: expected a JSON object of token ids, got list" in err
     status, err = run_cli([folder, tmp_path / "out", "--tokenizer-config", '{"bos_token_id": 2}'], capsys)
     assert status == 1 and "missing eos_token_id" in err
     status, err = run_cli([folder, tmp_path / "out"], capsys)
@@ -534,6 +536,8 @@ def test_output_folder_is_protected(tmp_path, capsys):
     assert run_cli([source, out], capsys)[0] == 0
     assert run_cli([source, out, "--overwrite", "--dtype", "float16"], capsys)[0] == 0
     assert stored_dtypes(out) == {"F16"}
+    status, err = run_cli([out, tmp_path / "again"], capsys)
+    assert status == 1 and "out is already an rxt-mlx model folder" in err
 
 
 @pytest.fixture(scope="module")
