@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 from pathlib import Path
 
 import mlx.core as mx
@@ -396,7 +397,18 @@ def test_training_checkpoint_source(tmp_path, capsys):
     reference = tiny_reference()
     path = tmp_path / "run" / "checkpoint.pt"
     path.parent.mkdir()
-    torch.save({"config": reference.config.to_dict(), "model": reference.state_dict(), "step": 7}, path)
+    optimizer = torch.optim.AdamW(reference.parameters())
+    reference.decoder(torch.zeros(1, 3, dtype=torch.long), reference.initial_stm()).sum().backward()
+    optimizer.step()
+    checkpoint = {  # what rxt-train writes: resumable state around the model
+        "config": reference.config.to_dict(),
+        "model": reference.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": 7,
+        "history": [{"stage": "joint", "loss": 2.5}],
+        "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+    }
+    torch.save(checkpoint, path)
     write_bpe_tokenizer(path.parent, vocab_size=VOCAB_SIZE)
     status, err = run_cli([path, tmp_path / "out"], capsys)
     assert status == 0, err
