@@ -13,6 +13,7 @@ ConversationItem.foreign .title { color: $warning; }
 #transcript { height: 1fr; padding: 0 1; }
 .message { height: auto; margin: 0 0 1 0; }
 .message .role { text-style: bold; }
+.message.chosen { background: $boost; }
 .message.user .role { color: $accent; }
 .message.assistant .role { color: $success; }
 .message Markdown { margin: 0; padding: 0 0 0 2; }

@@ -118,6 +118,7 @@ class ChatApp(App[None]):
         self.states: dict[str, ConversationState] = {}
         self.current: Conversation | None = None
         self.quitting = False
+        self.chosen_turn: int | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -201,6 +202,7 @@ class ChatApp(App[None]):
 
     async def render_transcript(self) -> None:
         """Rebuild the transcript of the current conversation: committed turns, then live ones."""
+        self.chosen_turn = None
         transcript = self.query_one("#transcript", VerticalScroll)
         await transcript.remove_children()
         if self.current is None:
@@ -500,7 +502,15 @@ class ChatApp(App[None]):
                 await self.fork_at(source.id, int(value))
 
         prompt = f"Fork “{source.title}” at which turn? (0 = empty memory, {source.turn_count} = now)"
-        self.push_screen(TextPromptScreen(prompt, str(source.turn_count), check), chosen)
+        proposed = source.turn_count if self.chosen_turn is None else min(self.chosen_turn, source.turn_count)
+        self.push_screen(TextPromptScreen(prompt, str(proposed), check), chosen)
+
+    @on(MessageView.Chosen)
+    def message_chosen(self, event: MessageView.Chosen) -> None:
+        """Remember the clicked turn for the fork dialog and mark its messages."""
+        self.chosen_turn = event.turn
+        for view in self.query(MessageView):
+            view.set_class(view.turn == event.turn, "chosen")
 
     async def fork_at(self, conversation_id: str, turn: int) -> None:
         """Create and show a conversation continuing ``conversation_id`` from ``turn``."""
@@ -578,6 +588,7 @@ class ChatApp(App[None]):
             ("enter", "Send the message"),
             ("tab / shift+tab", "Move focus (conversation list, input)"),
             ("up / down, enter", "In the list: choose a conversation"),
+            ("click a message", "Propose its turn in the fork dialog"),
             ("ctrl+p", "Command palette (every action)"),
             ("ctrl+q", "Quit (waits for a running memory update; twice to force)"),
         ]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from rxt_app.storage import Conversation, TurnStats
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import Label, ListItem, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
@@ -30,7 +31,17 @@ class ConversationItem(ListItem):
 
 
 class MessageView(Vertical):
-    """One transcript entry: a role line and the text rendered as Markdown (streamed for live answers)."""
+    """One transcript entry: a role line and the text rendered as Markdown (streamed for live answers).
+
+    Clicking it posts :class:`MessageView.Chosen` (the fork dialog then proposes its turn).
+    """
+
+    class Chosen(Message):
+        """A message of ``turn`` was clicked."""
+
+        def __init__(self, turn: int):
+            super().__init__()
+            self.turn = turn
 
     def __init__(self, role: str, turn: int, text: str = "", note: str = ""):
         super().__init__(classes=f"message {role}")
@@ -43,6 +54,9 @@ class MessageView(Vertical):
     def compose(self) -> ComposeResult:
         yield Label(self.role_line(), classes="role")
         yield Markdown(self.text)
+
+    def on_click(self) -> None:
+        self.post_message(self.Chosen(self.turn))
 
     def role_line(self) -> str:
         """``You · turn 3`` / ``RxT · turn 3 · stopped``."""

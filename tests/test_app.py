@@ -273,3 +273,22 @@ def reference_tokens(model, tokenizer, query: str) -> list[int]:
     session = Session(model, tokenizer)
     events = session.generate(query, max_tokens=32, temperature=0.0)
     return [event.id for event in events if isinstance(event, TokenEvent)]
+
+
+async def test_missing_snapshot_offers_rewind_to_the_start(model_folders, tmp_path):
+    data = tmp_path / "data"
+    async with running_chat(model_folders["a"], data) as (app, pilot):
+        await send_and_wait(pilot, "Hi, I'm Ann.")
+        conversation_id = app.current.id
+        app.storage.snapshot_path(conversation_id, 1).unlink()
+        await pilot.press("ctrl+n")
+        await wait_until(pilot, lambda: app.current.id != conversation_id and app.state(app.current.id).ready)
+    async with running_chat(model_folders["a"], data, wait_ready=False) as (app, pilot):
+        await pilot.click("#conversations > ConversationItem:last-of-type")
+        await wait_until(pilot, lambda: app.current.id == conversation_id)
+        await wait_until(pilot, lambda: app.state(conversation_id).problem is not None, what="problem shown")
+        notice = str(app.query_one("#notice").render())
+        assert "cannot read STM file" in notice and "rewind to turn 0" in notice
+        other = [c for c in app.storage.conversations() if c.id != conversation_id][0]
+        await app.switch_to(other.id)
+        assert await send_and_wait(pilot, "Hello") == reference_answers(model_folders["a"], ["Hello"])[0][0]

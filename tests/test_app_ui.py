@@ -146,8 +146,12 @@ async def test_rewind_fork_delete(tmp_path):
         assert worker.opened[-1] == (source.id, 2)
         assert not app.storage.snapshot_path(source.id, 3).exists()
 
+        first_answer = [view for view in app.query(MessageView) if view.turn == 1][1]
+        await pilot.click(first_answer)
+        await wait_until(pilot, lambda: app.chosen_turn == 1)
         await pilot.press("ctrl+f")
         await wait_until(pilot, lambda: app.screen.__class__.__name__ == "TextPromptScreen")
+        assert app.screen.query_one("#answer").value == "1"
         app.screen.query_one("#answer").value = "9"
         await pilot.press("enter")
         await wait_until(pilot, lambda: "0 to 2" in str(app.screen.query_one("#error").render()))
