@@ -74,14 +74,18 @@ def parity_report(request):
     yield report
     if not report:
         return
-    folder = request.config.cache.mkdir("rxt")
-    (Path(folder) / "parity_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is not None:
+        (Path(cache.mkdir("rxt")) / "parity_report.json").write_text(json.dumps(report, indent=2) + "\n")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():  # fixture teardown output is captured otherwise
         reporter.write_line("")
         reporter.write_line("parity (max abs diff / max abs value, MLX vs PyTorch reference):")
         for case, worst in report.items():
-            reporter.write_line(f"  {case:<34} " + "  ".join(f"{name} {value:.2e}" for name, value in worst.items()))
+            reporter.write_line(f"  {case:<42} " + "  ".join(f"{name} {value:.2e}" for name, value in worst.items()))
 
 
 def relative_diff(reference: torch.Tensor, ours: mx.array) -> float:
