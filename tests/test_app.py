@@ -292,3 +292,55 @@ async def test_missing_snapshot_offers_rewind_to_the_start(model_folders, tmp_pa
         other = [c for c in app.storage.conversations() if c.id != conversation_id][0]
         await app.switch_to(other.id)
         assert await send_and_wait(pilot, "Hello") == reference_answers(model_folders["a"], ["Hello"])[0][0]
+
+
+CRASHING_CHAT = """
+import asyncio, os, signal, sys
+from rxt_app.storage import Storage
+from rxt_app.tui import ChatApp
+from rxt_app.worker import InferenceWorker
+from tests.app_helpers import wait_until
+
+model, data, kill_on, queries = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+app = None
+
+def post(event):
+    if type(event).__name__ == kill_on and event.turn == len(queries):
+        os.kill(os.getpid(), signal.SIGKILL)
+    app.post_worker_event(event)
+
+async def main():
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        for query in queries:
+            turn = app.current.turn_count + 1
+            app.query_one("#prompt").value = query
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: app.current.turn_count == turn, timeout=120)
+
+worker = InferenceWorker(model, post, {"max_tokens": 8, "temperature": 0.0}).start()
+app = ChatApp(worker, Storage(data))
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kill_on", ["TokenText", "AnswerFinished", "TurnSaved"])
+def test_kill_9_loses_at_most_the_turn_in_progress(model_folders, tmp_path, kill_on):
+    """SIGKILL while turn 2 streams, after its answer, or between its snapshot write and its commit."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    command = [sys.executable, "-c", CRASHING_CHAT, str(model_folders["a"]), str(data), kill_on]
+    result = subprocess.run([*command, "Hi, I'm Ann.", "I like tea."], capture_output=True, timeout=300)
+    assert result.returncode == -9, result.stderr.decode()[-2000:]
+    storage = Storage(data)
+    (conversation,) = storage.conversations()
+    assert conversation.turn_count == 1
+    assert [m.text for m in storage.messages(conversation.id)][0] == "Hi, I'm Ann."
+    assert sorted(p.name for p in (storage.snapshot_root / conversation.id).iterdir()) == ["1.safetensors"]
+    _, expected_stm = reference_answers(model_folders["a"], ["Hi, I'm Ann."])
+    model, _ = rxt_mlx.load(model_folders["a"])
+    stm, _ = load_stm(storage.snapshot_path(conversation.id, 1), model_fingerprint=model.fingerprint)
+    # another process: BLAS may split its sums differently, so equal up to float32 rounding
+    np.testing.assert_allclose(np.array(stm), np.array(expected_stm), rtol=1e-4, atol=1e-5)
