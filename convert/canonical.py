@@ -245,6 +245,39 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+ROPE_INV_FREQ = re.compile(r"^(decoder|encoder|memory_attention)\.model\..*rope\.inv_freq$")
+
+
+def check_rope(store: TensorStore, config: RxTConfig) -> None:
+    """Check stored RoPE frequencies against the config's ``rope_base`` and head size.
+
+    rxlm loads ``rope.inv_freq`` from the checkpoint, so a model runs with the stored table even
+    when its config says another base (``rope_base`` only exists since rxlm 0.3.61). We rebuild
+    the table from the config; refuse when the two disagree, naming the base the file was built with.
+    """
+    sections = {"decoder": config.decoder, "encoder": config.encoder, "memory_attention": config.memory_attention}
+    for key in store:
+        match = ROPE_INV_FREQ.match(key)
+        if not match:
+            continue
+        section = sections[match[1]]
+        head_dim = section.embed_dim // section.att_heads
+        stored = store.load(key).detach().double().flatten()
+        if stored.numel() != head_dim // 2:
+            raise CanonicalError(
+                f"{key}: {stored.numel()} frequencies, but {match[1]}_config gives head_dim {head_dim} "
+                f"(embed_dim {section.embed_dim} / att_heads {section.att_heads}), i.e. {head_dim // 2}"
+            )
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+        expected = section.rope_base ** (-exponents)
+        if not torch.allclose(stored, expected, rtol=1e-2, atol=0):
+            found = float(stored[1] ** (-1 / exponents[1])) if head_dim > 2 else float("nan")
+            raise CanonicalError(
+                f"{key} was built with rope_base ~{found:.6g}, but {match[1]}_config says rope_base "
+                f"{section.rope_base:g}; set rope_base: {round(found)} (rxlm runs with the stored table)"
+            )
+
+
 def source_dtype(store: TensorStore, planned: dict[str, PlannedTensor]) -> str:
     """The floating dtype holding most parameters, as an output dtype name (float64 -> float32)."""
     counts: dict[torch.dtype, int] = {}

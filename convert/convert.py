@@ -220,6 +220,7 @@ def convert(options: Options, log=print) -> Path:
     _check_interlayer_quirk(config, source)
     planned = canonical.plan(source.tensors)
     canonical.check(planned, canonical.expected_shapes(config))
+    canonical.check_rope(source.tensors, config)
     dtype = options.dtype or canonical.source_dtype(source.tensors, planned)
     weights = canonical.iter_materialized(source.tensors, planned, dtype, options.progress)
     with tempfile.TemporaryDirectory(prefix=f".{options.output.name}.", dir=_parent(options.output)) as staging:

@@ -480,6 +480,16 @@ def test_config_hints_for_older_checkpoints(tmp_path, capsys, saved_settings, co
     assert all(message in err for message in messages), err
 
 
+def test_rope_base_must_match_the_stored_frequencies(tmp_path, capsys):
+    source = saved(tmp_path, tiny_reference(tiny_config(rope_base=10000.0)))
+    config = json.loads((source / "config.json").read_text())
+    config["encoder_config"]["rope_base"] = 100000.0
+    (source / "config.json").write_text(json.dumps(config))
+    err = _status(tmp_path, capsys, source)
+    assert "encoder.model.layers.0.attention.rope.inv_freq was built with rope_base ~10000" in err
+    assert "encoder_config says rope_base 100000; set rope_base: 10000" in err
+
+
 def test_embeddings_that_differ_are_refused(tmp_path, capsys):
     reference = tiny_reference()
     state = reference.state_dict()
