@@ -136,8 +136,9 @@ su te vo ze ba ce di fa go ha ja le ma ne po qu ro si tu va wi ya zo al an ar en
 CITY_SUFFIXES = "ton burg ville field port stad holm dale mouth ford".split()
 
 
-def _in_heldout(slot: str, value: str) -> bool:
-    digest = hashlib.sha256(f"{slot}:{value}".encode()).digest()
+def _in_heldout(value: str) -> bool:
+    """Split by the value alone, so a held-out value is unseen in every slot of the training split."""
+    digest = hashlib.sha256(value.encode()).digest()
     return digest[0] % HELDOUT_FRACTION == 0
 
 
@@ -153,9 +154,9 @@ def _synthetic_words(count: int, seed: str, syllables: int = 2, suffixes: list[s
     return sorted(words)
 
 
-def _split_values(slot: str, values: Iterable[str]) -> dict[str, list[str]]:
+def _split_values(values: Iterable[str]) -> dict[str, list[str]]:
     unique = sorted(set(values))
-    heldout = [v for v in unique if _in_heldout(slot, v)]
+    heldout = [v for v in unique if _in_heldout(v)]
     return {"train": [v for v in unique if v not in set(heldout)], "heldout": heldout}
 
 
@@ -299,7 +300,7 @@ def build_slots() -> dict[str, Slot]:
         ),
     ]
     return {
-        name: Slot(name, statements, questions, ack, answer, _split_values(name, values))
+        name: Slot(name, statements, questions, ack, answer, _split_values(values))
         for name, values, statements, questions, ack, answer in specs
     }
 
@@ -323,7 +324,7 @@ SMALLTALK = [
     ("Let us talk about books.", "Books are wonderful."),
     ("Are you a robot?", "I am a small language model."),
     ("I went for a run.", "Running is healthy."),
-    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is the opposite of up?", "The opposite of up is down."),
     ("Can you help me?", "Sure, what do you need?"),
     ("It is late.", "Then sleep well soon."),
     ("I like trains.", "Trains are fun."),

@@ -1,0 +1,93 @@
+"""Synthetic recall dialogues: reproducibility, held-out disjointness, JSONL, exact match."""
+
+import json
+
+import pytest
+from rxt_convert import data
+
+
+def test_generation_is_reproducible():
+    first = data.generate_conversations(20, "train", seed=3)
+    again = data.generate_conversations(20, "train", seed=3)
+    other = data.generate_conversations(20, "train", seed=4)
+    assert [c.to_dict() for c in first] == [c.to_dict() for c in again]
+    assert [c.to_dict() for c in first] != [c.to_dict() for c in other]
+
+
+def test_value_pools_are_disjoint_and_non_empty():
+    for name, slot in data.build_slots().items():
+        train, heldout = set(slot.values["train"]), set(slot.values["heldout"])
+        assert train and heldout, name
+        assert not train & heldout, name
+
+
+def test_heldout_conversations_use_unseen_values_and_templates():
+    slots = data.build_slots()
+    train_values = {v for slot in slots.values() for v in slot.values["train"]}
+    train_queries = {t.query for c in data.generate_conversations(500, "train") for t in c.turns}
+    heldout = data.generate_conversations(300, "heldout")
+    facts = [t for c in heldout for t in c.turns if t.kind in ("statement", "question")]
+    assert facts
+    for turn in facts:
+        assert turn.values[-1] not in train_values, turn
+        assert turn.query not in train_queries, turn
+    for name, slot in slots.items():
+        assert not set(slot.statements["train"]) & set(slot.statements["heldout"]), name
+        assert not set(slot.questions["train"]) & set(slot.questions["heldout"]), name
+
+
+def test_questions_follow_their_statements():
+    for conversation in data.generate_conversations(200, "train", seed=1):
+        assert 6 <= len(conversation.turns) <= 10
+        for index, question in conversation.questions:
+            stated = conversation.turns[index - question.distance]
+            assert stated.kind == "statement" and stated.slot == question.slot
+            assert stated.values == question.values
+            assert all(value in question.answer for value in question.values)
+
+
+def test_every_distance_bin_is_covered():
+    distances = {t.distance for c in data.generate_conversations(300, "heldout") for _, t in c.questions}
+    assert set(range(1, 7)) <= distances
+
+
+def test_jsonl_round_trip_and_plain_user_data(tmp_path):
+    conversations = data.generate_conversations(5, "heldout", seed=2)
+    path = tmp_path / "conversations.jsonl"
+    data.save_jsonl(conversations, path)
+    assert data.load_jsonl(path) == conversations
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(
+        json.dumps({"turns": [{"query": "Hi, I'm Ann.", "answer": "Hello Ann."}, {"query": "Bye", "answer": "Bye."}]})
+        + "\n\n"
+    )
+    (loaded,) = data.load_jsonl(plain)
+    assert [(t.query, t.answer, t.kind) for t in loaded.turns] == [
+        ("Hi, I'm Ann.", "Hello Ann.", "user"),
+        ("Bye", "Bye.", "user"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("not json", "not valid JSON"),
+        (json.dumps({"turns": []}), "non-empty 'turns'"),
+        (json.dumps({"turns": [{"query": "Hi"}]}), "string 'query' and 'answer'"),
+    ],
+)
+def test_jsonl_errors_name_the_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError, match=message) as error:
+        data.load_jsonl(path)
+    assert "bad.jsonl:1" in str(error.value)
+
+
+def test_exact_and_entity_match_rules():
+    assert data.exact_match("  Your name is Ann. ", "Your name is Ann.")
+    assert data.exact_match("Your  name is\nAnn.", "Your name is Ann.")
+    assert not data.exact_match("your name is Ann.", "Your name is Ann.")
+    assert not data.exact_match("Your name is Anna.", "Your name is Ann.")
+    assert data.entity_match("Your pet is a dog named Rex.", ("dog", "Rex"))
+    assert not data.entity_match("Your pet is a dog named Rexi.", ("dog", "Rex"))
