@@ -143,8 +143,12 @@ def parse_options(argv: list[str] | None) -> Options:
     )
 
 
-def resolve_tokenizer(options: Options, source: Source) -> tuple[Path, dict[str, Any]]:
-    """The tokenizer location and the template ids for the output config."""
+def resolve_tokenizer(options: Options, source: Source, log=print) -> tuple[Path, dict[str, Any]]:
+    """The tokenizer location and the template ids for the output config.
+
+    Ids come from --tokenizer-config, else the checkpoint's tokenizer_config, else the
+    tokenizer's own [BOS]/[EOS]/[Q]/[A]... tokens; ids that disagree with those tokens are reported.
+    """
     candidates = [options.tokenizer] if options.tokenizer else source.tokenizer_dirs
     location = find_tokenizer(candidates)
     if location is None:
@@ -158,6 +162,9 @@ def resolve_tokenizer(options: Options, source: Source) -> tuple[Path, dict[str,
         ids = source.config["tokenizer_config"]
     else:
         ids = special_token_ids(location)
+    for name, token_id in special_token_ids(location).items():
+        if ids.get(name) is not None and ids[name] != token_id:
+            log(f"warning: tokenizer_config {name} is {ids[name]}, but the tokenizer has that token at id {token_id}")
     try:
         TokenizerConfig.from_dict(ids)
     except ConfigError as error:
@@ -211,7 +218,7 @@ def convert(options: Options, log=print) -> Path:
         variant=options.variant,
     )
     log(f"reading {source.description}: {len(source.tensors)} tensors")
-    tokenizer_location, ids = resolve_tokenizer(options, source)
+    tokenizer_location, ids = resolve_tokenizer(options, source, log)
     config_values = dict(source.config, tokenizer_config=ids)
     for note in canonical.adapt_config_for_legacy_moe(config_values, source.tensors):
         log(note)

@@ -42,12 +42,13 @@ def store_of(state: dict[str, torch.Tensor]) -> TensorStore:
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:
-    """Run rxt-convert in-process; returns (exit status, stderr)."""
+    """Run rxt-convert in-process; returns (exit status, stdout + stderr)."""
     try:
         status = main([str(arg) for arg in argv])
     except SystemExit as exit_:
         status = exit_.code
-    return status, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
 
 
 # --- canonical state, from names and shapes -------------------------------------------------------
@@ -270,6 +271,17 @@ def test_tokenizer_config_argument_is_checked(tmp_path, capsys):
     assert status == 1 and "missing eos_token_id" in err
     status, err = run_cli([folder, tmp_path / "out"], capsys)
     assert status == 1 and "config.json: missing or malformed decoder_config" in err
+    status, err = run_cli(
+        [
+            folder,
+            tmp_path / "out",
+            "--tokenizer-config",
+            '{"bos_token_id": 5, "eos_token_id": 3, "query_token_id": 4, "answer_token_id": 2}',
+        ],
+        capsys,
+    )
+    warning = "warning: tokenizer_config bos_token_id is 5, but the tokenizer has that token at id 2"
+    assert status == 1 and warning in err
 
 
 # --- end to end: reference checkpoints through rxt-convert ----------------------------------------
