@@ -4,10 +4,10 @@ Canonical state: a flat dict of full-model rxlm key -> numpy array, with the vec
 layout (``w1 (E, D, 2F)``, ``w2 (E, F, D)``, ``b1``, ``b2``), no RoPE or STM buffers, and the
 shared embedding once as ``decoder.model.embedding.weight``.
 
-The work is split in two so bad checkpoints fail before any data is read: :func:`plan`
-decides, from names and shapes only, where every canonical tensor comes from; :func:`check`
-compares the plan with the layout the reference model expects; :func:`materialize` then
-loads and converts the data.
+Bad checkpoints fail before any weight data is read: :func:`plan` decides, from names and
+shapes only, where every canonical tensor comes from, and :func:`check` compares the plan with
+the layout the reference model expects (:func:`check_rope` reads the small RoPE tables); only
+then does :func:`iter_materialized` load and convert the weights, one tensor at a time.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def _plan_embedding(store: TensorStore, planned: dict[str, PlannedTensor]) -> No
     shapes = {key: store.info(key).shape for key in present}
     if len(set(shapes.values())) > 1:
         raise CanonicalError(f"shared embedding: shapes differ between {shapes}")
-    # Both present: they must be the same table (checked on the data in materialize).
+    # Both present: they must be the same table (checked on the data in iter_materialized).
     planned[EMBEDDING] = PlannedTensor(tuple(present), shapes[present[0]], _identity)
 
 
