@@ -336,6 +336,14 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print):
     model, tokenizer = load(folder)
     _cast(model, options.dtype)
     config = model.config
+    # [BOS][Q]query[A] + answer must fit the decoder's context (the session bounds it the same way)
+    room = config.decoder.seq_len - 3 - options.query_tokens
+    if options.answer_tokens > room:
+        raise SystemExit(
+            f"rxt-bench: {folder} has decoder seq_len {config.decoder.seq_len}: a {options.query_tokens}-token query "
+            f"leaves room for {max(room, 0)} answer tokens, not {options.answer_tokens}; lower --query-tokens "
+            "or --answer-tokens"
+        )
     shape = baseline_shape(config.decoder)
     baseline = build_baseline(shape, seed=options.seed, dtype=model.dtype)
     script = build_script(

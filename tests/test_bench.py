@@ -220,3 +220,8 @@ def test_reference_gets_the_mlx_weights():
     expected = np.array(model.decoder(mx.array(ids), stm))
     got = runner.model.decoder(torch.tensor(ids), torch.from_numpy(np.array(stm))).detach().numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_bench_refuses_turns_longer_than_the_decoder_context(model_folder, tmp_path):
+    with pytest.raises(SystemExit, match="seq_len 64: a 60-token query leaves room for 1 answer tokens, not 10"):
+        main(["--model", str(model_folder), "--query-tokens", "60", "--answer-tokens", "10", "--out", str(tmp_path)])
