@@ -21,10 +21,10 @@ ConversationItem.foreign .title { color: $warning; }
 #memory { width: 34; height: 1fr; border-left: solid $primary-darken-2; padding: 0 1; }
 #status { height: 1; background: $primary-darken-2; color: $text; padding: 0 1; }
 .dialog-screen { align: center middle; }
-.dialog { width: 70; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
+.dialog { width: 70; max-width: 95%; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
 .dialog .buttons { height: auto; margin-top: 1; }
 .dialog .buttons Button { margin-right: 2; }
 .dialog #error { color: $error; }
-.dialog.help { width: 90; }
+.dialog.help { width: 100; max-width: 95%; }
 .dialog .heading { text-style: bold; margin-bottom: 1; }
 """

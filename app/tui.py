@@ -583,7 +583,7 @@ class ChatApp(App[None]):
 
     def key_help(self) -> list[tuple[str, str]]:
         """(key, description) for every binding, plus the built-in ones."""
-        rows = [(binding.key, " — ".join(self.ACTION_HELP[binding.action])) for binding in self.BINDINGS]
+        rows = [(binding.key, self.ACTION_HELP[binding.action][1]) for binding in self.BINDINGS]
         rows += [
             ("enter", "Send the message"),
             ("tab / shift+tab", "Move focus (conversation list, input)"),

@@ -237,6 +237,7 @@ async def test_copy_export_help_palette_stop(tmp_path):
         for key in ("ctrl+n", "f2", "f8", "ctrl+z", "ctrl+f", "ctrl+y", "ctrl+s", "ctrl+t", "escape", "ctrl+q"):
             assert key in help_text
         await pilot.press("escape")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ != "HelpScreen")
 
         titles = [command.title for command in app.get_system_commands(app.screen)]
         for title, _ in ChatApp.ACTION_HELP.values():
