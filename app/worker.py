@@ -164,6 +164,8 @@ class InferenceWorker:
         """Start the thread and wait until the model is loaded; raises ModelLoadError if it cannot be."""
         self._thread.start()
         self._loaded.wait()
+        if isinstance(self._load_error, ModelLoadError):
+            raise self._load_error
         if self._load_error is not None:
             raise ModelLoadError(f"cannot load the model in {self.model_dir}: {self._load_error}") from self._load_error
         return self
