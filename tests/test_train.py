@@ -1,0 +1,106 @@
+"""rxt-train end to end on a tiny model: train -> export -> rxt-convert -> rxt_mlx.load -> Session."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from rxt_convert import train
+from rxt_convert.convert import main as convert_main
+from rxt_convert.reference.checkpoint import load_reference
+
+import rxt_mlx
+from rxt_mlx.session import AnswerDone, MemoryUpdated, Session
+
+TINY = {
+    "seed": 0,
+    "embed_dim": 32,
+    "num_layers": 2,
+    "att_heads": 4,
+    "att_groups": 2,
+    "ff_dim": 64,
+    "stm_size": 8,
+    "seq_len": 64,
+    "vocab_size": 400,
+    "tokenizer_conversations": 300,
+    "warmup_steps": 2,
+    "checkpoint_every": 3,
+    "threads": 1,
+    "stages": {
+        "joint": {"steps": 40, "batch_size": 16, "lr": 0.01},
+        "sft": {"steps": 3, "batch_size": 16, "lr": 0.003},
+        "memory": {"steps": 3, "batch_size": 4, "lr": 0.003},
+        "smat": {"steps": 6, "batch_size": 4, "lr": 0.003},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    config = folder / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    assert train.main(["--config", str(config), "--out", str(folder / "run")]) == 0
+    return folder
+
+
+def test_losses_fall_and_every_stage_runs(trained):
+    history = json.loads((trained / "run" / "rxlm" / "training.json").read_text())["history"]
+    by_stage = {}
+    for record in history:
+        by_stage.setdefault(record["stage"], []).append(record)
+    assert {name: len(records) for name, records in by_stage.items()} == {"joint": 40, "sft": 3, "memory": 3, "smat": 6}
+    joint = [r["loss"] for r in by_stage["joint"]]
+    assert np.mean(joint[-3:]) < 0.7 * np.mean(joint[:3])
+    assert all(np.isfinite(r["loss"]) for r in history)
+
+
+def test_export_converts_and_runs_in_mlx(trained, tmp_path):
+    export = trained / "run" / "rxlm"
+    assert (export / "tokenizer.model").exists()
+    assert convert_main([str(export), str(tmp_path / "mlx")]) == 0
+    model, tokenizer = rxt_mlx.load(tmp_path / "mlx")
+    reference = load_reference(export).eval()
+
+    ids = tokenizer.interaction_ids("My name is Ann.", "Nice to meet you, Ann.")
+    stm = np.random.default_rng(0).standard_normal((2, 1, 8, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference.decoder(torch.tensor([ids]), torch.from_numpy(stm)).numpy()
+    actual = np.array(model.decoder(mx.array([ids]), mx.array(stm)))
+    np.testing.assert_allclose(actual, expected, atol=2e-4, rtol=1e-4)
+
+    session = Session(model, tokenizer)
+    events = list(session.interact("My name is Ann.", max_tokens=6))
+    assert isinstance(events[-2], AnswerDone) and 1 <= events[-2].tokens <= 6
+    assert isinstance(events[-1], MemoryUpdated) and session.turn == 1
+    assert not np.allclose(np.array(session.stm), np.array(model.initial_stm(1, seed=0)))
+
+
+def test_resume_continues_exactly(trained, tmp_path, monkeypatch):
+    """A run interrupted mid-stage and resumed ends with the same weights as an uninterrupted one."""
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "stages": {**TINY["stages"], "smat": {"steps": 0}}}))
+    tokenizer = trained / "run" / "tokenizer.model"
+    args = ["--config", str(config), "--tokenizer", str(tokenizer)]
+    assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
+
+    original = train.Trainer.stage_loss
+
+    def interrupted(self, name, stage):
+        if name == "joint" and self.step == 5:
+            raise KeyboardInterrupt
+        return original(self, name, stage)
+
+    monkeypatch.setattr(train.Trainer, "stage_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([*args, "--out", str(tmp_path / "resumed")])
+    monkeypatch.setattr(train.Trainer, "stage_loss", original)
+    saved = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert (saved["stage"], saved["step"]) == (0, 3)
+    assert train.main([*args, "--out", str(tmp_path / "resumed"), "--resume"]) == 0
+
+    straight = load_reference(tmp_path / "straight" / "rxlm").state_dict()
+    resumed = load_reference(tmp_path / "resumed" / "rxlm").state_dict()
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, msg=key)
