@@ -197,6 +197,9 @@ def test_bad_model_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="no config.json"):
         run_app(tmp_path / "empty", tmp_path / "data")
+    (tmp_path / "empty" / "config.json").write_text('{"format": "rxt-mlx"}')
+    with pytest.raises(ModelLoadError, match="cannot load the model in .*format_version"):
+        run_app(tmp_path / "empty", tmp_path / "data")
 
 
 def run_worker(model_folder, jobs, on_event=None, sampling=SAMPLING):
