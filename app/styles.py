@@ -12,6 +12,7 @@ ConversationItem.foreign .title { color: $warning; }
 #notice { background: $warning 25%; color: $text; padding: 0 1; display: none; }
 #transcript { height: 1fr; padding: 0 1; }
 .message { height: auto; margin: 0 0 1 0; }
+.elided { color: $text-muted; margin-bottom: 1; }
 .message .role { text-style: bold; }
 .message.chosen { background: $boost; }
 .message.user .role { color: $accent; }

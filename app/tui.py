@@ -41,6 +41,8 @@ import rxt_mlx
 
 NEW_TITLE = "New conversation"
 TITLE_LENGTH = 40
+SHOWN_TURNS = 50
+"""The transcript shows the last SHOWN_TURNS turns; the memory holds them all anyway."""
 
 
 def default_data_dir() -> Path:
@@ -207,8 +209,13 @@ class ChatApp(App[None]):
         await transcript.remove_children()
         if self.current is None:
             return
-        views: list[MessageView] = []
-        for message in self.storage.messages(self.current.id):
+        messages = self.storage.messages(self.current.id)
+        views: list[Static | MessageView] = []
+        if len(messages) > 2 * SHOWN_TURNS:
+            hidden = messages[-2 * SHOWN_TURNS].turn - 1
+            views.append(Static(f"… {hidden} earlier turns not shown (ctrl+s exports them all)", classes="elided"))
+            messages = messages[-2 * SHOWN_TURNS :]
+        for message in messages:
             stopped = message.stats is not None and message.stats.stopped
             views.append(MessageView(message.role, message.turn, message.text, "stopped" if stopped else ""))
         for live in sorted(self.state(self.current.id).live.values(), key=lambda t: t.turn):

@@ -302,3 +302,22 @@ async def test_rename_and_switch_from_the_list(tmp_path):
         await wait_until(pilot, lambda: app.current.id == first)
         assert transcript(app) == [("user", 1, "first chat"), ("assistant", 1, "answer to first chat")]
         assert [item.conversation.title for item in conversations.children] == ["Tea talk", "first chat"]
+
+
+async def test_long_transcript_shows_the_last_turns(tmp_path):
+    from rxt_app.tui import SHOWN_TURNS
+
+    storage = Storage(tmp_path / "data")
+    conversation = storage.create_conversation("long", FINGERPRINT)
+    for turn in range(1, SHOWN_TURNS + 6):
+        path = storage.snapshot_path(conversation.id, turn)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"stm")
+        storage.commit_turn(conversation.id, turn, f"q{turn}", f"a{turn}", TurnStats(1, 0.0, 0.0, 0.0, 0.0))
+    storage.close()
+    app, _ = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        shown = transcript(app)
+        assert len(shown) == 2 * SHOWN_TURNS and shown[0] == ("user", 6, "q6")
+        assert "5 earlier turns not shown" in str(app.query_one(".elided").render())
