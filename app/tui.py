@@ -408,10 +408,12 @@ class ChatApp(App[None]):
 
     async def job_failed(self, event: JobFailed) -> None:
         if event.conversation_id is not None and event.turn is not None:
-            state = self.state(event.conversation_id)
-            if state.live.pop(event.turn, None) is not None and self.current is not None:
-                if self.current.id == event.conversation_id:
-                    await self.render_transcript()
+            live = self.state(event.conversation_id).live.pop(event.turn, None)
+            if live is not None and self.current is not None and self.current.id == event.conversation_id:
+                await self.render_transcript()
+                prompt = self.query_one("#prompt", Input)
+                if not prompt.value:
+                    prompt.value = live.query
         self.log.error(event.details)
         self.notify(event.message, title="Inference error", severity="error", timeout=10)
 

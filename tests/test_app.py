@@ -347,3 +347,15 @@ def test_kill_9_loses_at_most_the_turn_in_progress(model_folders, tmp_path, kill
     stm, _ = load_stm(storage.snapshot_path(conversation.id, 1), model_fingerprint=model.fingerprint)
     # another process: BLAS may split its sums differently, so equal up to float32 rounding
     np.testing.assert_allclose(np.array(stm), np.array(expected_stm), rtol=1e-4, atol=1e-5)
+
+
+async def test_a_query_the_model_refuses_is_reported_and_the_chat_goes_on(model_folders, tmp_path):
+    async with running_chat(model_folders["a"], tmp_path / "data") as (app, pilot):
+        app.query_one("#prompt").value = "tea " * 80
+        await pilot.press("enter")
+        assert app.query_one("#prompt").value == ""
+        await wait_until(pilot, lambda: not app.has_live_turns() and len(app._notifications) > 0, what="the error")
+        assert any("seq_len" in notification.message for notification in app._notifications)
+        assert app.current.turn_count == 0 and list(app.query("MessageView")) == []
+        assert app.query_one("#prompt").value == ("tea " * 80).strip()  # given back to edit
+        assert await send_and_wait(pilot, "Hello") == reference_answers(model_folders["a"], ["Hello"])[0][0]
