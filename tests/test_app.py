@@ -353,7 +353,6 @@ async def test_a_query_the_model_refuses_is_reported_and_the_chat_goes_on(model_
     async with running_chat(model_folders["a"], tmp_path / "data") as (app, pilot):
         app.query_one("#prompt").value = "tea " * 80
         await pilot.press("enter")
-        assert app.query_one("#prompt").value == ""
         await wait_until(pilot, lambda: not app.has_live_turns() and len(app._notifications) > 0, what="the error")
         assert any("seq_len" in notification.message for notification in app._notifications)
         assert app.current.turn_count == 0 and list(app.query("MessageView")) == []
