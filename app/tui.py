@@ -401,6 +401,7 @@ class ChatApp(App[None]):
         except StorageError as error:
             event.snapshot.unlink(missing_ok=True)
             self.notify(f"turn {event.turn} was not saved: {error}", severity="error")
+            self.resync(event.conversation_id)
             return
         if self.current is not None and self.current.id == event.conversation_id:
             self.current = conversation
@@ -409,6 +410,8 @@ class ChatApp(App[None]):
     async def job_failed(self, event: JobFailed) -> None:
         if event.conversation_id is not None and event.turn is not None:
             live = self.state(event.conversation_id).live.pop(event.turn, None)
+            if live is not None:
+                self.resync(event.conversation_id)
             if live is not None and self.current is not None and self.current.id == event.conversation_id:
                 await self.render_transcript()
                 prompt = self.query_one("#prompt", Input)
@@ -416,6 +419,21 @@ class ChatApp(App[None]):
                     prompt.value = live.query
         self.log.error(event.details)
         self.notify(event.message, title="Inference error", severity="error", timeout=10)
+
+    def resync(self, conversation_id: str) -> None:
+        """After a failed turn, reload the worker's memory from the last committed snapshot.
+
+        The worker's Session may hold an STM that was never committed; reloading keeps every
+        next turn on the stored memory. Waits while other turns of the conversation are in flight.
+        """
+        if self.state(conversation_id).live:
+            return
+        try:
+            conversation = self.storage.conversation(conversation_id)
+        except StorageError:
+            return
+        if self.foreign_reason(conversation) is None:
+            self.open_in_worker(conversation)
 
     # ----- actions
 
