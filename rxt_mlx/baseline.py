@@ -146,13 +146,23 @@ class StatelessChat:
         seen = self._cached_tokens if self.keep_cache else 0
         return self.history[seen:] + list(query_ids)
 
-    def answer(self, query_ids: Sequence[int], answer_ids: Sequence[int], end_ids: Sequence[int] = ()) -> Iterator[int]:
+    def answer(
+        self,
+        query_ids: Sequence[int],
+        answer_ids: Sequence[int],
+        end_ids: Sequence[int] = (),
+        *,
+        commit: bool = True,
+    ) -> Iterator[int]:
         """Yield the answer tokens as they are decoded, forced to ``answer_ids``.
 
-        When the answer is complete, ``query_ids + answer_ids + end_ids`` joins the history.
+        When the answer is complete, ``query_ids + answer_ids + end_ids`` joins the history; with
+        ``commit=False`` the conversation is left as it was (the kept cache is trimmed back), so
+        the same turn can be timed again.
         """
         prompt = self.prompt_for(query_ids)
         cache = self._cache if self.keep_cache else make_prompt_cache(self.model)
+        offset = cache[0].offset
         processor = forced_tokens_processor(answer_ids, self.model.args.vocab_size)
         steps = generate_step(
             mx.array(prompt, dtype=mx.int32),
@@ -163,7 +173,11 @@ class StatelessChat:
         )
         for token, _ in steps:
             yield token
+        mx.synchronize()
+        if not commit:
+            for layer_cache in cache:
+                layer_cache.trim(layer_cache.offset - offset)
+            return
         self.history += [*query_ids, *answer_ids, *end_ids]
         # generate_step fed every answer token back (the last one for a step it then drops).
         self._cached_tokens = cache[0].offset if self.keep_cache else 0
-        mx.synchronize()

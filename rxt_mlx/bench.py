@@ -49,6 +49,7 @@ class BenchOptions:
     dtype: str | None = None
     seed: int = 0
     warmup_turns: int = 2
+    repeats: int = 1
     memory_update_tokens: int = 256
     progress: bool = True
     plot: bool = True
@@ -148,24 +149,56 @@ def peak_memory() -> tuple[float, str]:
 class RxTChat:
     """The RxT side: one :class:`~rxt_mlx.session.Session`, answers forced through ``force_tokens``."""
 
-    def __init__(self, model, tokenizer, seed: int):
+    def __init__(self, model, tokenizer, script: Script, seed: int):
         from rxt_mlx.session import Session
 
+        self.script = script
         self.session = Session(model, tokenizer, stm=model.initial_stm(batch=1, seed=seed))
         self.memory_update_seconds: float | None = None
 
-    def answer(self, query: str, answer_ids: Sequence[int]) -> Iterator[int]:
-        from rxt_mlx.session import MemoryUpdated, TokenEvent
+    def context_tokens(self, index: int) -> tuple[int, int]:
+        """(tokens prefilled, tokens attended to by self-attention) of turn ``index``."""
+        length = len(self.script.query_ids[index])
+        return length, length
 
+    def turn(self, index: int, commit: bool = True) -> Timing:
+        """Answer turn ``index``, then update the memory; ``commit=False`` times it on a scratch session."""
+        from rxt_mlx.session import MemoryUpdated, Session, TokenEvent
+
+        query, answer = self.script.query_texts[index], list(self.script.answer_ids[index])
+        if commit:
+            events = self.session.interact(query, max_tokens=len(answer), force_tokens=answer)
+        else:
+            scratch = Session(self.session.model, self.session.tokenizer, stm=self.session.stm)
+            events = scratch.generate(query, max_tokens=len(answer), force_tokens=answer)
+
+        def tokens() -> Iterator[int]:
+            for event in events:
+                if isinstance(event, TokenEvent):
+                    yield event.id
+                elif isinstance(event, MemoryUpdated):
+                    self.memory_update_seconds = event.seconds
+
+        return measure(tokens())
+
+
+class StatelessSystem:
+    """The baseline side: a :class:`~rxt_mlx.baseline.StatelessChat` playing the script."""
+
+    def __init__(self, chat, script: Script):
+        self.chat = chat
+        self.script = script
         self.memory_update_seconds = None
-        events = self.session.interact(
-            query, max_tokens=len(answer_ids), temperature=0.0, force_tokens=list(answer_ids)
+
+    def context_tokens(self, index: int) -> tuple[int, int]:
+        query = self.script.query_ids[index]
+        return len(self.chat.prompt_for(query)), len(self.chat.history) + len(query)
+
+    def turn(self, index: int, commit: bool = True) -> Timing:
+        script = self.script
+        return measure(
+            self.chat.answer(script.query_ids[index], script.answer_ids[index], script.end_ids, commit=commit)
         )
-        for event in events:
-            if isinstance(event, TokenEvent):
-                yield event.id
-            elif isinstance(event, MemoryUpdated):
-                self.memory_update_seconds = event.seconds
 
 
 def _system_rows(
@@ -357,46 +390,40 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print):
         log(f"PyTorch reference: {reference.weights_note}")
 
     makers: dict[str, Callable[[], object]] = {
-        "rxt": lambda: RxTChat(model, tokenizer, options.seed),
-        "baseline": lambda: StatelessChat(baseline, keep_cache=False),
-        "baseline_cached": lambda: StatelessChat(baseline, keep_cache=True),
+        "rxt": lambda: RxTChat(model, tokenizer, script, options.seed),
+        "baseline": lambda: StatelessSystem(StatelessChat(baseline, keep_cache=False), script),
+        "baseline_cached": lambda: StatelessSystem(StatelessChat(baseline, keep_cache=True), script),
     }
     if reference is not None:
-        makers["reference"] = lambda: reference.chat(options.seed)
-
-    def run_turn(chat, turn: int) -> Timing:
-        if isinstance(chat, StatelessChat):
-            return measure(chat.answer(script.query_ids[turn], script.answer_ids[turn], script.end_ids))
-        if isinstance(chat, RxTChat):
-            return measure(chat.answer(script.query_texts[turn], script.answer_ids[turn]))
-        return chat.timed_answer(script.query_ids[turn], script.answer_ids[turn])
+        makers["reference"] = lambda: reference.chat(script, options.seed)
 
     log(f"warming up ({options.warmup_turns} turns per system)")
-    for make_chat in makers.values():
-        chat = make_chat()
+    for make_system in makers.values():
+        system = make_system()
         for turn in range(min(options.warmup_turns, options.turns)):
-            run_turn(chat, turn)
+            system.turn(turn)
     update_length = min(options.memory_update_tokens, config.encoder.seq_len)
     memory_update_256 = time_memory_update(model, update_length, options.seed)
-    chats = {system: make() for system, make in makers.items()}
+    systems = {name: make() for name, make in makers.items()}
     rows = []
     bar = tqdm(range(options.turns), desc="rxt-bench", unit="turn", disable=not options.progress, file=sys.stderr)
     for turn in bar:
-        for system, chat in chats.items():
-            if isinstance(chat, StatelessChat):
-                prompt_tokens = len(chat.prompt_for(script.query_ids[turn]))
-                context_tokens = len(chat.history) + len(script.query_ids[turn])
-            else:
-                prompt_tokens = context_tokens = len(script.query_ids[turn])
+        for name, system in systems.items():
+            prompt_tokens, context_tokens = system.context_tokens(turn)
+            # extra timings of the same turn that leave the conversation unchanged, then the real turn
+            timings = [system.turn(turn, commit=False) for _ in range(options.repeats - 1)]
             mx.synchronize()
             mx.reset_peak_memory()
-            timing = run_turn(chat, turn)
+            timings.append(system.turn(turn))
             memory = peak_memory()
-            update = getattr(chat, "memory_update_seconds", None)
-            rows.append(_system_rows(system, turn + 1, timing, prompt_tokens, context_tokens, update, memory))
-        bar.set_postfix(
-            {system: f"{rows[-len(chats) + i].ttft_seconds * 1000:.0f}ms" for i, system in enumerate(chats)}
-        )
+            timing = Timing(
+                statistics.median(t.ttft_seconds for t in timings),
+                statistics.median(t.decode_seconds for t in timings),
+                timings[-1].tokens,
+            )
+            update = system.memory_update_seconds
+            rows.append(_system_rows(name, turn + 1, timing, prompt_tokens, context_tokens, update, memory))
+        bar.set_postfix({row.system: f"{row.ttft_seconds * 1000:.0f}ms" for row in rows[-len(systems) :]})
     bar.close()
     report = {
         "machine": machine,
@@ -448,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, help="cast the models to this dtype (default: as stored)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the script, STM and baseline weights")
     parser.add_argument("--warmup-turns", type=int, default=2, help="untimed turns per system first (default 2)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="time every turn this many times (median; the extra runs leave the conversation unchanged)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-plot", action="store_true", help="no PNG; print the terminal chart instead")
     return parser
@@ -456,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(argv: list[str] | None) -> BenchOptions:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("turns", "query_tokens", "answer_tokens"):
+    for name in ("turns", "query_tokens", "answer_tokens", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return BenchOptions(
@@ -469,6 +502,7 @@ def parse_options(argv: list[str] | None) -> BenchOptions:
         dtype=args.dtype,
         seed=args.seed,
         warmup_turns=args.warmup_turns,
+        repeats=args.repeats,
         progress=not args.no_progress,
         plot=not args.no_plot,
     )

@@ -9,7 +9,7 @@ same, and says so in the report.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlx.core as mx
@@ -102,30 +102,40 @@ def load_mlx_weights_into(reference, weights: Mapping[str, mx.array]) -> None:
 class ReferenceChat:
     """One conversation on the reference: answers forced, memory updated after every turn."""
 
-    def __init__(self, runner: ReferenceRunner, seed: int):
+    def __init__(self, runner: ReferenceRunner, script, seed: int):
         import torch
 
         self.runner = runner
+        self.script = script
         generator = torch.Generator().manual_seed(seed)
         self.stm = runner.model.initial_stm(batch=1, generator=generator)
         self.memory_update_seconds: float | None = None
 
-    def timed_answer(self, query_ids: Sequence[int], answer_ids: Sequence[int]):
-        """Run one turn; returns the bench's ``Timing`` (prefill + first token, then the rest)."""
+    def context_tokens(self, index: int) -> tuple[int, int]:
+        length = len(self.script.query_ids[index])
+        return length, length
+
+    def turn(self, index: int, commit: bool = True):
+        """Run turn ``index``; returns the bench's ``Timing`` (prefill + first token, then the rest).
+
+        ``commit=False`` leaves the STM as it was (no memory update).
+        """
         from rxt_convert.reference.generate import generate_turn
 
         from rxt_mlx.bench import Timing
 
+        answer = self.script.answer_ids[index]
         result = generate_turn(
             self.runner.model,
-            list(query_ids),
+            list(self.script.query_ids[index]),
             self.stm,
-            len(answer_ids),
-            force_tokens=list(answer_ids),
-            update_memory=True,
+            len(answer),
+            force_tokens=list(answer),
+            update_memory=commit,
         )
-        self.stm = result.new_stm
-        self.memory_update_seconds = result.memory_update_seconds
+        if commit:
+            self.stm = result.new_stm
+            self.memory_update_seconds = result.memory_update_seconds
         return Timing(result.prompt_seconds, sum(result.token_seconds), len(result.tokens))
 
 
@@ -149,8 +159,8 @@ class ReferenceRunner:
         self.threads = torch.get_num_threads()
         self.torch_version = torch.__version__
 
-    def chat(self, seed: int) -> ReferenceChat:
-        return ReferenceChat(self, seed)
+    def chat(self, script, seed: int) -> ReferenceChat:
+        return ReferenceChat(self, script, seed)
 
     def describe(self) -> dict:
         return {"weights": self.weights_note, "torch": self.torch_version, "torch_threads": self.threads}

@@ -35,7 +35,7 @@ def _run(folder, out, *extra):
 
 
 def test_bench_writes_rows_summary_and_plot(model_folder, tmp_path, capsys):
-    _run(model_folder, tmp_path, "--reference")
+    _run(model_folder, tmp_path, "--reference", "--repeats", "2")
     printed = capsys.readouterr().out
     assert "targets:" in printed and "BLAS:" in printed
     with open(tmp_path / "latency.csv") as handle:
@@ -182,6 +182,8 @@ def test_stateless_chat_answers_forced_tokens_and_keeps_history(keep_cache):
     assert list(chat.answer(query, answer, [3])) == answer
     second = [2, 4, 30, 5]
     assert chat.prompt_for(second) == ([3] if keep_cache else query + answer + [3]) + second
+    assert list(chat.answer(second, [60, 61], [3], commit=False)) == [60, 61]  # a timing probe
+    assert chat.prompt_for(second) == ([3] if keep_cache else query + answer + [3]) + second
     assert list(chat.answer(second, [50, 51], [3])) == [50, 51]
     assert chat.history == query + answer + [3] + second + [50, 51, 3]
 
@@ -190,6 +192,7 @@ def test_cached_baseline_logits_match_full_prefill():
     model = build_baseline(baseline_shape(tiny_config().decoder))
     cached = StatelessChat(model, keep_cache=True)
     list(cached.answer([2, 4, 20, 5], [40, 41], [3]))
+    list(cached.answer([2, 4, 25, 26, 27, 5], [44, 45, 46], [3], commit=False))  # trimmed away again
     prompt = [2, 4, 21, 22, 5]
     full = model(mx.array([cached.history + prompt]))[0, -1]
     cache = cached._cache
