@@ -1,13 +1,14 @@
 """Where the time of one RxT turn goes, next to the equal-dims mlx-lm baseline.
 
-Usage: python benchmarks/profile_decode.py MODEL_DIR [--repeats 5] [--json OUT]
+Usage: python benchmarks/profile_decode.py MODEL_DIR [--repeats 9] [--json OUT]
 
-Measures (median of ``--repeats``, each a loop of 32 steps evaluated one by one, like streaming):
+Measures (median of ``--repeats`` rounds; every round runs each measurement once, round-robin;
+decode figures are loops of 32 steps evaluated one by one, like streaming):
   * one decode step of RxT (STM keys/values projected once per turn) and of the baseline,
     at a 35-token context and, for the baseline, at the 2,200-token context of turn 32;
   * the RxT step with the STM projection redone every token (what "once per turn" saves);
-  * the RxT step with the memory cross-attention left out / the FFN left out, to split the
-    step's time between self-attention, cross-attention, FFN and head;
+  * the RxT step with the memory cross-attention left out / the FFN left out, and the baseline
+    step without its FFN, to see what cross-attention and each FFN cost per token;
   * the session's own loop (``Session.generate`` with forced tokens) against the raw loop, to
     show the session's per-token overhead;
   * prefill, STM projection, and memory updates of 68 and 256 tokens.
@@ -37,16 +38,6 @@ from rxt_mlx.session import Session, TokenEvent  # noqa: E402
 STEPS = 32
 
 
-def median_ms(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
 def rxt_step(decoder, x_ids, cache, memory, *, cross: bool = True, ffn: bool = True):
     """The decoder forward of one step, with parts optionally left out (for the breakdown)."""
     layers = decoder.all_layers()
@@ -66,10 +57,11 @@ def rxt_step(decoder, x_ids, cache, memory, *, cross: bool = True, ffn: bool = T
     return decoder.head(x)
 
 
-def per_token_ms(model, stm, context: int, repeats: int, reproject: bool = False, **parts) -> float:
+def rxt_loop(model, stm, context: int, reproject: bool = False, **parts):
+    """Seconds per token of 32 RxT decode steps after a ``context``-token prefill."""
     decoder = model.decoder
 
-    def run():
+    def run() -> float:
         cache = decoder.make_cache()
         memory = decoder.project_memory(stm)
         mx.eval(decoder(mx.array([[10 + i % 200 for i in range(context)]]), cache=cache, memory=memory))
@@ -81,72 +73,102 @@ def per_token_ms(model, stm, context: int, repeats: int, reproject: bool = False
             mx.eval(rxt_step(decoder, token, cache, memory, **parts))
         return (time.perf_counter() - start) / STEPS
 
-    return statistics.median(run() for _ in range(repeats)) * 1000
+    return run
 
 
-def baseline_per_token_ms(baseline, context: int, repeats: int) -> float:
-    def run():
+def baseline_step(baseline, token, cache, *, ffn: bool = True):
+    """The mlx-lm Llama forward of one step, the FFN optionally left out (for the breakdown)."""
+    inner = baseline.model
+    x = inner.embed_tokens(token)
+    for layer, layer_cache in zip(inner.layers, cache, strict=True):
+        x = x + layer.self_attn(layer.input_layernorm(x), None, layer_cache)
+        if ffn:
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return baseline.lm_head(inner.norm(x))
+
+
+def baseline_loop(baseline, context: int, **parts):
+    """Seconds per token of 32 baseline decode steps after a ``context``-token prefill."""
+
+    def run() -> float:
         cache = make_prompt_cache(baseline)
         mx.eval(baseline(mx.array([[10 + i % 200 for i in range(context)]]), cache=cache))
         token = mx.array([[11]])
         start = time.perf_counter()
         for _ in range(STEPS):
-            mx.eval(baseline(token, cache=cache))
+            mx.eval(baseline_step(baseline, token, cache, **parts))
         return (time.perf_counter() - start) / STEPS
 
-    return statistics.median(run() for _ in range(repeats)) * 1000
+    return run
 
 
-def session_per_token_ms(model, tokenizer, repeats: int) -> float:
+def session_loop(model, tokenizer):
     forced = [20 + i for i in range(STEPS + 1)]
 
-    def run():
+    def run() -> float:
         session = Session(model, tokenizer)
-        stamps = [
-            time.perf_counter()
-            for event in session.generate("hello there", force_tokens=forced)
-            if isinstance(event, TokenEvent)
-        ]
+        events = session.generate("hello there", force_tokens=forced)
+        stamps = [time.perf_counter() for event in events if isinstance(event, TokenEvent)]
         return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
-    return statistics.median(run() for _ in range(repeats)) * 1000
+    return run
+
+
+def once(function):
+    def run() -> float:
+        start = time.perf_counter()
+        function()
+        return time.perf_counter() - start
+
+    return run
+
+
+def interleaved_medians_ms(measurements: dict, repeats: int) -> dict[str, float]:
+    """Median of ``repeats`` runs of every measurement, taken round-robin so load changes hit all alike."""
+    times: dict[str, list[float]] = {name: [] for name in measurements}
+    for run in measurements.values():
+        run()  # warm-up
+    for _ in range(repeats):
+        for name, run in measurements.items():
+            times[name].append(run())
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     model, tokenizer = load(args.model)
     baseline = build_baseline(baseline_shape(model.config.decoder), dtype=model.dtype)
     stm = model.initial_stm(1, 0)
-    decoder, repeats = model.decoder, args.repeats
-    results = {
-        "rxt_step_ms": per_token_ms(model, stm, 35, repeats),
-        "rxt_step_reprojecting_stm_every_token_ms": per_token_ms(model, stm, 35, repeats, reproject=True),
-        "rxt_step_without_cross_attention_ms": per_token_ms(model, stm, 35, repeats, cross=False),
-        "rxt_step_without_ffn_ms": per_token_ms(model, stm, 35, repeats, ffn=False),
-        "rxt_session_step_ms": session_per_token_ms(model, tokenizer, repeats),
-        "baseline_step_context_35_ms": baseline_per_token_ms(baseline, 35, repeats),
-        "baseline_step_context_2200_ms": baseline_per_token_ms(baseline, 2200, repeats),
-        "project_memory_ms": median_ms(lambda: mx.eval(decoder.project_memory(stm)), repeats),
-        "rxt_prefill_35_ms": median_ms(
-            lambda: mx.eval(decoder(mx.array([list(range(10, 45))]), cache=decoder.make_cache(), stm=stm)), repeats
-        ),
-        "baseline_prefill_35_ms": median_ms(
-            lambda: mx.eval(baseline(mx.array([list(range(10, 45))]), cache=make_prompt_cache(baseline))), repeats
-        ),
-        "memory_update_68_ms": median_ms(
-            lambda: mx.eval(model.update_memory(stm, mx.array([list(range(10, 78))]))), repeats
-        ),
-        "memory_update_256_ms": median_ms(
-            lambda: mx.eval(model.update_memory(stm, mx.array([[10 + i % 200 for i in range(256)]]))), repeats
-        ),
+    decoder = model.decoder
+    ids_35 = mx.array([list(range(10, 45))])
+    ids_68 = mx.array([list(range(10, 78))])
+    ids_256 = mx.array([[10 + i % 200 for i in range(256)]])
+    measurements = {
+        "rxt_step_ms": rxt_loop(model, stm, 35),
+        "rxt_step_reprojecting_stm_every_token_ms": rxt_loop(model, stm, 35, reproject=True),
+        "rxt_step_without_cross_attention_ms": rxt_loop(model, stm, 35, cross=False),
+        "rxt_step_without_ffn_ms": rxt_loop(model, stm, 35, ffn=False),
+        "rxt_session_step_ms": session_loop(model, tokenizer),
+        "baseline_step_context_35_ms": baseline_loop(baseline, 35),
+        "baseline_step_without_ffn_ms": baseline_loop(baseline, 35, ffn=False),
+        "baseline_step_context_2200_ms": baseline_loop(baseline, 2200),
+        "project_memory_ms": once(lambda: mx.eval(decoder.project_memory(stm))),
+        "rxt_prefill_35_ms": once(lambda: mx.eval(decoder(ids_35, stm, cache=decoder.make_cache()))),
+        "baseline_prefill_35_ms": once(lambda: mx.eval(baseline(ids_35, cache=make_prompt_cache(baseline)))),
+        "memory_update_68_ms": once(lambda: mx.eval(model.update_memory(stm, ids_68))),
+        "memory_update_256_ms": once(lambda: mx.eval(model.update_memory(stm, ids_256))),
     }
+    results = interleaved_medians_ms(measurements, args.repeats)
     full = results["rxt_step_ms"]
-    results["cross_attention_share_of_step"] = 1 - results["rxt_step_without_cross_attention_ms"] / full
-    results["ffn_share_of_step"] = 1 - results["rxt_step_without_ffn_ms"] / full
+    results["rxt_cross_attention_per_token_ms"] = full - results["rxt_step_without_cross_attention_ms"]
+    results["rxt_ffn_per_token_ms"] = full - results["rxt_step_without_ffn_ms"]
+    results["baseline_ffn_per_token_ms"] = (
+        results["baseline_step_context_35_ms"] - results["baseline_step_without_ffn_ms"]
+    )
     results["session_overhead_per_token_ms"] = results["rxt_session_step_ms"] - full
     for name, value in results.items():
         print(f"{name:<45} {value:10.3f}")

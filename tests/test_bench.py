@@ -88,7 +88,7 @@ def test_bench_writes_rows_summary_and_plot(model_folder, tmp_path, capsys):
         "cached_baseline_ttft_last_over_rxt",
         "rxt_decode_tps_over_baseline_turn1",
         "rxt_decode_tps_over_cached_baseline_last",
-        "rxt_ttft_after_memory_update_over_first",
+        "rxt_ttft_after_memory_update_over_without",
         "reference_ttft_over_mlx_ttft_mean",
         "mlx_decode_tps_over_reference_mean",
         "memory_update_256_tokens_seconds",
@@ -98,6 +98,8 @@ def test_bench_writes_rows_summary_and_plot(model_folder, tmp_path, capsys):
     assert targets["rxt_ttft_last_over_first"]["pass"] in (True, False)
     assert targets["cached_baseline_ttft_last_over_rxt"]["pass"] is None
     assert set(document["summary"]) == set(systems)
+    probe = document["memory_update_delay_probe"]
+    assert probe["after_update_seconds"] > 0 and probe["without_update_seconds"] > 0
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or "matplotlib" not in sys.modules
 
 
