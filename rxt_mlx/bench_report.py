@@ -161,15 +161,17 @@ def write_plot(path: Path, rows: Sequence[TurnRow], title: str) -> bool:
     for axis, field, label, factor, log in panels:
         for system in systems:
             values = series(rows, system, field)
-            axis.plot(
-                range(1, len(values) + 1), [value * factor for value in values], marker=".", label=SYSTEM_LABELS[system]
-            )
+            name = SYSTEM_LABELS[system]
+            if field == "peak_memory_mb" and "rss" in series(rows, system, "memory_source"):
+                name += " (process peak RSS)"
+            axis.plot(range(1, len(values) + 1), [value * factor for value in values], marker=".", label=name)
         axis.set_xlabel("turn")
         axis.set_ylabel(label)
         if log:
             axis.set_yscale("log")
         axis.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
+    axes[1][1].legend(fontsize=8)
     updates = [value * 1000 for value in series(rows, "rxt", "memory_update_seconds") if value is not None]
     axes[1][0].plot(range(1, len(updates) + 1), updates, marker=".", color="tab:blue", label="RxT memory update")
     axes[1][0].set_xlabel("turn")
