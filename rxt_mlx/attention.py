@@ -28,15 +28,15 @@ class Rope:
     head_dim: int
     base: float
 
-    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+    def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
         if x.dtype == mx.float32:
             return mx.fast.rope(x, self.head_dim, traditional=True, base=self.base, scale=1.0, offset=offset)
         return self._rotate_with_rounded_angles(x, offset)
 
-    def _rotate_with_rounded_angles(self, x: mx.array, offset: int) -> mx.array:
+    def _rotate_with_rounded_angles(self, x: mx.array, offset: int | mx.array) -> mx.array:
         exponents = mx.arange(0, self.head_dim, 2, dtype=mx.float32) / self.head_dim
         inv_freq = 1.0 / mx.power(mx.array(self.base, dtype=mx.float32), exponents)
-        positions = mx.arange(offset, offset + x.shape[-2], dtype=mx.float32)
+        positions = (mx.arange(x.shape[-2]) + offset).astype(mx.float32)  # offset: int or scalar array
         angles = (positions[:, None] * inv_freq).astype(x.dtype)  # (T, hd/2)
         cos, sin = mx.cos(angles), mx.sin(angles)
         even, odd = x[..., 0::2], x[..., 1::2]
@@ -88,7 +88,7 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.reshape(batch, length, heads, self.shape.head_dim).transpose(0, 2, 1, 3)
 
-    def project_kv(self, source: mx.array, offset: int = 0) -> tuple[mx.array, mx.array]:
+    def project_kv(self, source: mx.array, offset: int | mx.array = 0) -> tuple[mx.array, mx.array]:
         """Keys and values ``(B, H_kv, T, hd)`` of ``source`` (RoPE on keys if configured)."""
         keys = self._heads(self.k_proj(source), self.shape.kv_heads)
         values = self._heads(self.v_proj(source), self.shape.kv_heads)
@@ -117,6 +117,28 @@ class Attention(nn.Module):
         keys, values = kv if kv is not None else self.project_kv(x if context is None else context, offset)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
+        return self._attend(x, queries, keys, values, mask)
+
+    def step_into(
+        self, x: mx.array, keys: mx.array, values: mx.array, offset: mx.array, mask: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """Self-attention of one token per row at position ``offset`` over fixed-capacity KV buffers.
+
+        ``keys``/``values`` (B, H_kv, capacity, hd) hold the earlier positions; the new key/value
+        is written at ``offset`` (a scalar int32 array) and ``mask`` (capacity,) keeps positions
+        ``<= offset``. Every shape is independent of the position, so the decode step can be
+        compiled once (see :meth:`rxt_mlx.decoder.Decoder.step`). Returns (output, keys, values).
+        """
+        queries = self._heads(self.q_proj(x), self.shape.query_heads)
+        if self.rope_queries:
+            queries = self.rope(queries, offset)
+        new_keys, new_values = self.project_kv(x, offset)
+        start = offset.reshape(1)
+        keys = mx.slice_update(keys, new_keys, start, axes=(2,))
+        values = mx.slice_update(values, new_values, start, axes=(2,))
+        return self._attend(x, queries, keys, values, mask), keys, values
+
+    def _attend(self, x: mx.array, queries: mx.array, keys: mx.array, values: mx.array, mask) -> mx.array:
         if keys.shape[0] != queries.shape[0]:
             keys = mx.broadcast_to(keys, (queries.shape[0], *keys.shape[1:]))
             values = mx.broadcast_to(values, (queries.shape[0], *values.shape[1:]))

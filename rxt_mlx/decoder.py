@@ -75,6 +75,22 @@ class TransformerLayer(nn.Module):
         offset: int = 0,
     ) -> mx.array:
         x = x + self.attention(self.norm1(x), mask=mask, cache=cache, offset=offset)
+        return self._memory_and_ff(x, memory, offset)
+
+    def step(
+        self,
+        x: mx.array,
+        keys: mx.array,
+        values: mx.array,
+        offset: mx.array,
+        mask: mx.array,
+        memory: tuple[mx.array, mx.array] | None,
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """One decode token over fixed-capacity KV buffers (see :meth:`Attention.step_into`)."""
+        attended, keys, values = self.attention.step_into(self.norm1(x), keys, values, offset, mask)
+        return self._memory_and_ff(x + attended, memory, offset), keys, values
+
+    def _memory_and_ff(self, x: mx.array, memory: tuple[mx.array, mx.array] | None, offset) -> mx.array:
         if memory is not None:
             x = x + self.memory_cross_attention(self.norm2(x), kv=memory, offset=offset)
         return x + self.ff(self.norm3(x))
@@ -99,6 +115,7 @@ class Decoder(nn.Module):
             norm = rms_norm if config.head_norm_type == "rms_norm" else layer_norm
             self.head_norm = norm(config.embed_dim)
         self.head = nn.Linear(config.embed_dim, config.vocab_size, bias=True)
+        self._compiled_step = None
 
     def all_layers(self) -> list[TransformerLayer]:
         """Every layer in execution order (the order of :meth:`make_cache`)."""
@@ -135,6 +152,8 @@ class Decoder(nn.Module):
             memory = self.project_memory(stm)
         if len(memory) != len(self.layers):
             raise ValueError(f"memory has {len(memory)} layers, the decoder has {len(self.layers)} stateful layers")
+        if ids.shape[1] == 1 and cache is not None and all(_steppable(layer_cache) for layer_cache in cache):
+            return self.step(ids, cache, memory)
         layers = self.all_layers()
         caches = cache if cache is not None else [None] * len(layers)
         offset = caches[0].offset if cache is not None else 0
@@ -144,6 +163,64 @@ class Decoder(nn.Module):
         for layer, layer_cache in zip(layers, caches, strict=True):
             layer_memory = next(stateful) if "memory_cross_attention" in layer else None
             x = layer(x, mask=mask, memory=layer_memory, cache=layer_cache, offset=offset)
+        return self._head(x)
+
+    def _head(self, x: mx.array) -> mx.array:
         if "head_norm" in self:
             x = self.head_norm(x)
         return self.head(x)
+
+    def step(self, ids: mx.array, cache: list[KVCache], memory: MemoryKV) -> mx.array:
+        """Logits (B, 1, V) of one new token per row ``ids`` (B, 1), appended to ``cache``.
+
+        The same result as ``self(ids, cache=cache, memory=memory)`` (which calls this for a
+        single token), through one compiled function: the caches' preallocated buffers
+        (mlx-lm ``KVCache`` grows them 256 positions at a time) are attended whole with a mask
+        of the filled positions, so the shapes do not change from token to token and the step
+        is traced once per buffer size instead of rebuilding ~40 small ops per layer in Python.
+        """
+        if not all(_steppable(layer_cache) for layer_cache in cache):
+            raise ValueError("Decoder.step needs mlx-lm KVCaches already filled by a prefill of the prompt")
+        offset = cache[0].offset
+        for layer_cache in cache:
+            if layer_cache.keys.shape[2] <= offset:
+                _grow(layer_cache, offset)
+        if self._compiled_step is None:
+            # the module itself is a live input: replaced or quantized weights are picked up
+            self._compiled_step = mx.compile(self._buffer_step, inputs=self)
+        logits, keys, values = self._compiled_step(
+            ids,
+            mx.array(offset, dtype=mx.int32),
+            [layer_cache.keys for layer_cache in cache],
+            [layer_cache.values for layer_cache in cache],
+            memory,
+        )
+        for layer_cache, layer_keys, layer_values in zip(cache, keys, values, strict=True):
+            layer_cache.keys, layer_cache.values = layer_keys, layer_values
+            layer_cache.offset = offset + 1
+        return logits
+
+    def _buffer_step(self, ids, offset, keys, values, memory):
+        mask = mx.arange(keys[0].shape[2]) <= offset
+        stateful = iter(memory)
+        x = self.embedding(ids)
+        new_keys, new_values = [], []
+        for layer, layer_keys, layer_values in zip(self.all_layers(), keys, values, strict=True):
+            layer_memory = next(stateful) if "memory_cross_attention" in layer else None
+            x, layer_keys, layer_values = layer.step(x, layer_keys, layer_values, offset, mask, layer_memory)
+            new_keys.append(layer_keys)
+            new_values.append(layer_values)
+        return self._head(x), new_keys, new_values
+
+
+def _steppable(cache) -> bool:
+    """Whether :meth:`Decoder.step` can use ``cache``: a plain mlx-lm KVCache already holding the prompt."""
+    return type(cache) is KVCache and cache.keys is not None
+
+
+def _grow(cache: KVCache, offset: int) -> None:
+    """Give ``cache`` room for position ``offset`` (its own growth rule, without writing)."""
+    extra = [*cache.keys.shape[:2], cache.step, cache.keys.shape[3]]
+    cache.keys = mx.concatenate([cache.keys[..., :offset, :], mx.zeros(extra, cache.keys.dtype)], axis=2)
+    extra[3] = cache.values.shape[3]
+    cache.values = mx.concatenate([cache.values[..., :offset, :], mx.zeros(extra, cache.values.dtype)], axis=2)
