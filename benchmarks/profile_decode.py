@@ -4,8 +4,10 @@ Usage: python benchmarks/profile_decode.py MODEL_DIR [--repeats 9] [--json OUT]
 
 Measures (median of ``--repeats`` rounds; every round runs each measurement once, round-robin;
 decode figures are loops of 32 steps evaluated one by one, like streaming):
-  * one decode step of RxT (STM keys/values projected once per turn) and of the baseline,
-    at a 35-token context and, for the baseline, at the 2,200-token context of turn 32;
+  * one decode step of RxT (STM keys/values projected once per turn) through the decoder's
+    compiled single-token step and layer by layer uncompiled (``rxt_step_ms``, the reference for
+    the breakdown below), and of the baseline at a 35-token context and at the 2,200-token
+    context of turn 32;
   * the RxT step with the STM projection redone every token (what "once per turn" saves);
   * the RxT step with the memory cross-attention left out / the FFN left out, and the baseline
     step without its FFN, to see what cross-attention and each FFN cost per token;
@@ -57,8 +59,12 @@ def rxt_step(decoder, x_ids, cache, memory, *, cross: bool = True, ffn: bool = T
     return decoder.head(x)
 
 
-def rxt_loop(model, stm, context: int, reproject: bool = False, **parts):
-    """Seconds per token of 32 RxT decode steps after a ``context``-token prefill."""
+def rxt_loop(model, stm, context: int, reproject: bool = False, compiled: bool = False, **parts):
+    """Seconds per token of 32 RxT decode steps after a ``context``-token prefill.
+
+    ``compiled``: the decoder's own call (its compiled single-token step); otherwise the layers
+    are called one by one (uncompiled), with ``parts`` left out as asked.
+    """
     decoder = model.decoder
 
     def run() -> float:
@@ -70,7 +76,10 @@ def rxt_loop(model, stm, context: int, reproject: bool = False, **parts):
         for _ in range(STEPS):
             if reproject:
                 memory = decoder.project_memory(stm)
-            mx.eval(rxt_step(decoder, token, cache, memory, **parts))
+            if compiled:
+                mx.eval(decoder(token, cache=cache, memory=memory))
+            else:
+                mx.eval(rxt_step(decoder, token, cache, memory, **parts))
         return (time.perf_counter() - start) / STEPS
 
     return run
@@ -148,6 +157,7 @@ def main() -> int:
     ids_68 = mx.array([list(range(10, 78))])
     ids_256 = mx.array([[10 + i % 200 for i in range(256)]])
     measurements = {
+        "rxt_compiled_step_ms": rxt_loop(model, stm, 35, compiled=True),
         "rxt_step_ms": rxt_loop(model, stm, 35),
         "rxt_step_reprojecting_stm_every_token_ms": rxt_loop(model, stm, 35, reproject=True),
         "rxt_step_without_cross_attention_ms": rxt_loop(model, stm, 35, cross=False),
@@ -169,7 +179,7 @@ def main() -> int:
     results["baseline_ffn_per_token_ms"] = (
         results["baseline_step_context_35_ms"] - results["baseline_step_without_ffn_ms"]
     )
-    results["session_overhead_per_token_ms"] = results["rxt_session_step_ms"] - full
+    results["session_overhead_per_token_ms"] = results["rxt_session_step_ms"] - results["rxt_compiled_step_ms"]
     for name, value in results.items():
         print(f"{name:<45} {value:10.3f}")
     if args.json:
