@@ -35,7 +35,14 @@ from .reference import RxTReference
 from .reference.checkpoint import save_rxlm
 from .tokenizer_train import TOKENIZER_FILE, tokenizer_config, train_tokenizer
 from .train_batches import InteractionTokenizer, collate_conversations, collate_interactions
-from .train_stages import STAGES, MaskedLMHead, conversation_step, joint_step, memory_attention_step
+from .train_stages import (
+    STAGES,
+    MaskedLMHead,
+    conversation_step,
+    history_step,
+    joint_step,
+    memory_attention_step,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EXPORT_DIR = "rxlm"
@@ -70,6 +77,10 @@ class TrainConfig:
     max_turns: int = 10
     max_facts: int = 4
     truncate: int | None = None
+    stm_init: str = "random"
+    curriculum_steps: int = 0
+    recall_weight: float = 1.0
+    stm_seed: int = 0
     weight_decay: float = 0.01
     warmup_steps: int = 50
     checkpoint_every: int = 100
@@ -86,6 +97,8 @@ class TrainConfig:
         bad = sorted(set(stages) - set(STAGES))
         if bad:
             raise SystemExit(f"{where}: unknown stages {bad} (expected {list(STAGES)})")
+        if values.get("stm_init", "random") not in ("random", "fixed"):
+            raise SystemExit(f"{where}: stm_init must be 'random' or 'fixed', got {values['stm_init']!r}")
         return cls(**{**values, "stages": {name: StageConfig(**stage) for name, stage in stages.items()}})
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,11 +211,28 @@ class ConversationSource:
         rng = random.Random(f"{self.config.seed}:{stage}:{step}:{rank}")
         if self.conversations is not None:
             return [rng.choice(self.conversations) for _ in range(count)]
-        c = self.config
+        low, high = self.turn_range(stage, step)
         return [
-            data.generate_conversation(rng, "train", self.slots, c.min_turns, c.max_turns, c.max_facts)
-            for _ in range(count)
+            data.generate_conversation(rng, "train", self.slots, low, high, self.config.max_facts) for _ in range(count)
         ]
+
+    def turn_range(self, stage: str, step: int) -> tuple[int, int]:
+        """Conversation lengths of a step: in ``smat`` they grow from 2 turns over ``curriculum_steps``."""
+        c = self.config
+        if stage != "smat" or step >= c.curriculum_steps:
+            return c.min_turns, c.max_turns
+        high = 2 + round((c.max_turns - 2) * step / c.curriculum_steps)
+        return min(c.min_turns, high), high
+
+
+def mlx_initial_stm(config: RxTConfig, seed: int) -> torch.Tensor:
+    """``rxt_mlx.model.RxT.initial_stm(1, seed)`` as a torch tensor: the STM a Session starts from."""
+    import mlx.core as mx
+    import numpy as np
+
+    layers, slots, dim = config.stm_shape
+    stm = mx.random.normal((layers, 1, slots, dim), key=mx.random.key(seed))
+    return torch.from_numpy(np.array(stm.astype(mx.float32)))
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
@@ -217,7 +247,7 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
 def stage_parameters(stage: str, model: RxTReference, mlm_head: MaskedLMHead) -> list[torch.nn.Parameter]:
     if stage == "memory":
         return list(model.memory_attention.parameters())
-    if stage == "smat":
+    if stage in ("sft", "smat"):
         return list(model.parameters())
     return list(model.parameters()) + list(mlm_head.parameters())
 
@@ -250,6 +280,7 @@ class Trainer:
         self.step = 0
         self.optimizer_state: dict | None = None
         self.history: list[dict[str, Any]] = []
+        self.fixed_stm: torch.Tensor | None = None
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -333,17 +364,27 @@ class Trainer:
         )
         device = self.runtime.device
         pad = self.model_config.tokenizer.pad_token_id
-        if name in ("joint", "sft"):
+        if name == "joint":
             count = -(-stage.batch_size // self.config.min_turns)
             conversations = self.source.batch(name, self.step, self.runtime.rank, count)
             batch = collate_interactions(self.tokenizer, conversations, pad, stage.batch_size).to(device)
-            return joint_step(self.model, self.mlm_head, batch, generator, answers_only=name == "sft")
+            return joint_step(self.model, self.mlm_head, batch, generator, answers_only=False)
         conversations = self.source.batch(name, self.step, self.runtime.rank, stage.batch_size)
         turns = [turn.to(device) for turn in collate_conversations(self.tokenizer, conversations, pad)]
-        stm = self.model.initial_stm(len(conversations), generator=generator)
+        stm = self.initial_stm(len(conversations), generator)
+        if name == "sft":
+            return history_step(self.model, turns, stm, generator, self.config.recall_weight)
         if name == "memory":
             return memory_attention_step(self.model, turns, stm, generator)
-        return conversation_step(self.model, turns, stm, self.config.truncate)
+        return conversation_step(self.model, turns, stm, self.config.truncate, self.config.recall_weight)
+
+    def initial_stm(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """STM_0 of a training conversation: fresh N(0, 1) (``random``) or Session's default (``fixed``)."""
+        if self.config.stm_init == "random":
+            return self.model.initial_stm(batch, generator=generator)
+        if self.fixed_stm is None:
+            self.fixed_stm = mlx_initial_stm(self.model_config, self.config.stm_seed).to(self.runtime.device)
+        return self.fixed_stm.expand(-1, batch, -1, -1)
 
     # -- export ----------------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@
    masked copy and predicts the masked tokens (MLM head); the decoder predicts every next
    token while cross-attending to the encoder's detached, noised hidden states of the same
    interaction in place of the STM.
-2. ``sft``: the same joint step on query/answer interactions, decoder loss on answers only.
+2. ``sft``: interaction SFT over conversations: the decoder answers each turn reading the
+   encoder states of all earlier interactions (a lossless stand-in for the STM), so it learns
+   to retrieve facts before memory attention learns to store them.
 3. ``memory``: self-supervised memory-attention pre-training. Over a conversation, the new
    STM is pulled (negative cosine similarity) towards ``w_t * ED_t + (1 - w_t) * STM_{t-1}``
    (``ED_t`` = encoder states pooled over tokens), ``w_t`` annealed from 0.9 down over the
@@ -81,6 +83,40 @@ def joint_step(
     return lm_loss + mlm_loss, {"lm": lm_loss.item(), "mlm": mlm_loss.item(), "acc": accuracy}
 
 
+def history_step(
+    model,
+    turns: list[TurnBatch],
+    stm: torch.Tensor,
+    generator: torch.Generator,
+    recall_weight: float = 1.0,
+    noise: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 2: interaction SFT where the decoder reads the conversation's encoded history.
+
+    The memory of turn t is ``[STM_0, ED_0, ..., ED_{t-1}]`` (initial STM and the encoder states
+    of every earlier interaction, noised, concatenated over tokens): a lossless memory that
+    teaches the decoder to retrieve facts and the encoder to encode them, before memory
+    attention has to learn to compress them into the STM.
+    """
+    memory = [stm]
+    total = torch.zeros((), device=stm.device)
+    count = 0.0
+    recalled = questions = 0
+    for batch in turns:
+        logits = model.decoder(batch.input_ids, torch.cat(memory, dim=2))
+        per_token, correct = decoder_loss(logits, batch, batch.answer_mask)
+        weights = batch.answer_mask.float() + (recall_weight - 1) * batch.recall_mask.float()
+        total = total + (per_token * weights).sum()
+        count += float(weights.sum())
+        is_question = batch.recall_mask.any(dim=1)
+        recalled += int(((correct | ~batch.recall_mask).all(dim=1) & is_question).sum())
+        questions += int(is_question.sum())
+        hidden = model.encoder(batch.input_ids, batch.attention_mask)
+        hidden = hidden + noise * torch.randn(hidden.shape, generator=generator).to(hidden.device)
+        memory.append(hidden * (batch.attention_mask & batch.active[:, None])[None, :, :, None])
+    return total / max(count, 1.0), {"recall": recalled / max(questions, 1)}
+
+
 def memory_weights(turn: int, start: float = 0.9, step: float = 0.1, floor: float = 0.3) -> float:
     """New-data weight of turn ``turn`` in the stage-3 target (0.9, then annealed down)."""
     return max(start - step * turn, floor) if turn else start
@@ -109,9 +145,12 @@ def memory_attention_step(
 
 
 def conversation_step(
-    model, turns: list[TurnBatch], stm: torch.Tensor, truncate: int | None = None
+    model, turns: list[TurnBatch], stm: torch.Tensor, truncate: int | None = None, recall_weight: float = 1.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stage 4: answer every turn from the previous STM, update the STM, backprop through it."""
+    """Stage 4: answer every turn from the previous STM, update the STM, backprop through it.
+
+    Answer tokens of recall questions weigh ``recall_weight`` times the others.
+    """
     total = torch.zeros((), device=stm.device)
     count = 0
     recalled = questions = 0
@@ -120,8 +159,9 @@ def conversation_step(
             stm = stm.detach()
         logits = model.decoder(batch.input_ids, stm)
         per_token, correct = decoder_loss(logits, batch, batch.answer_mask)
-        total = total + (per_token * batch.answer_mask).sum()
-        count += int(batch.answer_mask.sum())
+        weights = batch.answer_mask.float() + (recall_weight - 1) * batch.recall_mask.float()
+        total = total + (per_token * weights).sum()
+        count += float(weights.sum())
         is_question = batch.recall_mask.any(dim=1)
         recalled += int(((correct | ~batch.recall_mask).all(dim=1) & is_question).sum())
         questions += int(is_question.sum())

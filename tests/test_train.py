@@ -29,7 +29,7 @@ TINY = {
     "threads": 1,
     "stages": {
         "joint": {"steps": 40, "batch_size": 16, "lr": 0.01},
-        "sft": {"steps": 3, "batch_size": 16, "lr": 0.003},
+        "sft": {"steps": 3, "batch_size": 4, "lr": 0.003},
         "memory": {"steps": 3, "batch_size": 4, "lr": 0.003},
         "smat": {"steps": 6, "batch_size": 4, "lr": 0.003},
     },
