@@ -25,6 +25,7 @@ from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 import rxt_mlx.decoder as decoder_module  # noqa: E402
 from rxt_mlx import load  # noqa: E402
 from rxt_mlx.baseline import StatelessChat, baseline_shape, build_baseline  # noqa: E402
+from rxt_mlx.bench import query_text  # noqa: E402
 from rxt_mlx.session import Session, TokenEvent  # noqa: E402
 
 STEPS = 32
@@ -103,7 +104,7 @@ def main() -> int:
     model, tokenizer = load(args.model)
     baseline = build_baseline(baseline_shape(model.config.decoder), dtype=model.dtype)
     stm = model.initial_stm(1, 0)
-    query = " ".join(["memory of a reactive model keeps notes"] * 4)
+    query = query_text(tokenizer.encode, 32, 0)  # as rxt-bench: 32-token queries
     query_ids = tokenizer.query_ids(query)
     answer = [20 + i for i in range(STEPS)]
     runs = {

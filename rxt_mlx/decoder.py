@@ -16,6 +16,10 @@ from rxt_mlx.layers import layer_norm, rms_norm, transformer_norm
 
 MemoryKV = list[tuple[mx.array, mx.array]]
 
+CACHE_STEP = 64
+"""KV-cache growth step of :meth:`Decoder.make_cache`: each new buffer size costs one trace of
+the compiled step (~20 ms, once per process); the step attends over the whole buffer."""
+
 
 def component_rope(config: TransformerConfig) -> Rope | None:
     """The rotary embedding shared by all attentions of a decoder/encoder (None with use_nope)."""
@@ -122,8 +126,15 @@ class Decoder(nn.Module):
         return self.get("stateless_layers", []) + self.layers + self.get("final_stateless_layers", [])
 
     def make_cache(self) -> list[KVCache]:
-        """One self-attention KV cache per layer, stateless layers included."""
-        return [KVCache() for _ in self.all_layers()]
+        """One self-attention KV cache per layer, stateless layers included.
+
+        The caches grow their buffers :data:`CACHE_STEP` positions at a time (mlx-lm: 256):
+        :meth:`step` attends over the whole buffer, so a smaller step wastes less work.
+        """
+        caches = [KVCache() for _ in self.all_layers()]
+        for cache in caches:
+            cache.step = CACHE_STEP
+        return caches
 
     def project_memory(self, stm: mx.array) -> MemoryKV:
         """Cross-attention keys/values of every stateful layer from the STM (L, B, S, D).
