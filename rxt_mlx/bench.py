@@ -397,9 +397,14 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print):
     )
     reference = None
     if options.reference:
-        from rxt_mlx.bench_reference import ReferenceRunner
+        try:
+            from rxt_mlx.bench_reference import ReferenceRunner
 
-        reference = ReferenceRunner(folder, model, options.dtype)
+            reference = ReferenceRunner(folder, model, options.dtype)
+        except ModuleNotFoundError as error:
+            raise SystemExit(
+                f"rxt-bench --reference needs the PyTorch reference ({error}); pip install 'rxt-mlx[convert]'"
+            ) from None
         log(f"PyTorch reference: {reference.weights_note}")
 
     makers: dict[str, Callable[[], object]] = {
