@@ -42,7 +42,8 @@ class TokenEvent:
 class AnswerDone:
     """The answer is complete (EOS, token budget or :meth:`Session.stop`).
 
-    ``prompt_seconds``: STM projection + prefill, until the first token was computed;
+    ``prompt_seconds``: the prefill, until the first token was computed (the STM's projection is
+    done when the STM changes: at the memory update, a load, the session's creation);
     ``ttft_seconds``: from the ``generate()`` call to the first token (includes a pending memory
     update and tokenization); ``decode_tokens_per_second``: tokens after the first / their time.
     ``text`` is the decoded answer. It equals the concatenated ``TokenEvent.text`` pieces except
@@ -59,7 +60,10 @@ class AnswerDone:
 
 @dataclass(frozen=True)
 class MemoryUpdated:
-    """The STM now holds the interaction; ``turn`` completed turns so far."""
+    """The STM now holds the interaction; ``turn`` completed turns so far.
+
+    ``seconds``: the update (encoder + memory attention) and the new STM's decoder projection.
+    """
 
     seconds: float
     turn: int
@@ -93,8 +97,7 @@ class Session:
             stm = model.initial_stm(batch=1, seed=0)
         if tuple(stm.shape) != self.stm_shape:
             raise ValueError(f"STM has shape {tuple(stm.shape)}, this model needs {self.stm_shape}")
-        mx.eval(stm)
-        self._stm = stm
+        self._set_stm(stm)
         self.turn = turn
         self.created: str | None = None
         self._model_vocab = model.config.decoder.vocab_size
@@ -103,6 +106,16 @@ class Session:
         self._stop = threading.Event()
         if system_prompt:
             self._apply_update(self._checked_ids(tokenizer.system_prompt_ids(system_prompt), "system prompt"))
+
+    def _set_stm(self, stm: mx.array) -> None:
+        """Make ``stm`` current, evaluated together with its decoder projection.
+
+        The cross-attention keys/values are what the next answer needs from the STM; projecting
+        them here (after a memory update, a load) takes that work off the next query's TTFT.
+        """
+        memory = self.model.decoder.project_memory(stm)
+        mx.eval(stm, memory)
+        self._stm, self._memory = stm, memory
 
     @property
     def stm(self) -> mx.array:
@@ -214,7 +227,7 @@ class Session:
 
         forced = [mx.array([token], dtype=mx.uint32) for token in force_tokens] if force_tokens else None
         prefill_started = time.perf_counter()
-        memory = decoder.project_memory(self._stm)
+        memory = self._memory
         sampled = step(history)
         mx.async_eval(sampled)
         prompt_seconds = first_token_at = last_token_at = 0.0
@@ -265,9 +278,7 @@ class Session:
 
     def _apply_update(self, interaction: list[int]) -> float:
         started = time.perf_counter()
-        new_stm = self.model.update_memory(self._stm, mx.array([interaction], dtype=mx.uint32))
-        mx.eval(new_stm)
-        self._stm = new_stm
+        self._set_stm(self.model.update_memory(self._stm, mx.array([interaction], dtype=mx.uint32)))
         return time.perf_counter() - started
 
     def _checked_ids(self, ids: list[int], what: str) -> list[int]:
@@ -320,7 +331,8 @@ class Session:
             expected_shape=self.stm_shape,
             expected_dtype=self._stm.dtype,
         )
-        self._stm, self.turn, self.created, self._pending = stm, int(metadata["turn"]), metadata["created"], None
+        self._set_stm(stm)
+        self.turn, self.created, self._pending = int(metadata["turn"]), metadata["created"], None
         return metadata
 
     @classmethod
