@@ -192,6 +192,8 @@ class Decoder(nn.Module):
         (mlx-lm ``KVCache`` grows them 256 positions at a time) are attended whole with a mask
         of the filled positions, so the shapes do not change from token to token and the step
         is traced once per buffer size instead of rebuilding ~40 small ops per layer in Python.
+        The module's arrays are live inputs (replaced or quantized weights are picked up); after
+        swapping code without changing any array (say, an activation), set ``_compiled_step = None``.
         """
         if not all(_steppable(layer_cache) for layer_cache in cache):
             raise ValueError("Decoder.step needs mlx-lm KVCaches already filled by a prefill of the prompt")
