@@ -217,9 +217,9 @@ class ConversationSource:
         ]
 
     def turn_range(self, stage: str, step: int) -> tuple[int, int]:
-        """Conversation lengths of a step: in ``smat`` they grow from 2 turns over ``curriculum_steps``."""
+        """Conversation lengths of a step: in ``sft`` and ``smat`` they grow from 2 turns over ``curriculum_steps``."""
         c = self.config
-        if stage != "smat" or step >= c.curriculum_steps:
+        if stage not in ("sft", "smat") or step >= c.curriculum_steps:
             return c.min_turns, c.max_turns
         high = 2 + round((c.max_turns - 2) * step / c.curriculum_steps)
         return min(c.min_turns, high), high
@@ -306,6 +306,14 @@ class Trainer:
         self.history = state.get("history", [])
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
+
+    def load_weights(self, path: Path, start_stage: str) -> None:
+        """Model (and MLM head) weights of another run's checkpoint; training starts at ``start_stage``."""
+        state = torch.load(path, map_location=self.runtime.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.mlm_head.load_state_dict(state["mlm_head"])
+        self.history = state.get("history", [])
+        self.stage_index, self.step = STAGES.index(start_stage), 0
 
     def checkpoint(self, optimizer: torch.optim.Optimizer | None) -> None:
         if self.runtime.is_main:
@@ -428,6 +436,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, help="batch size of every stage")
     parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument(
+        "--init-from", type=Path, help="start from the model weights of this rxt-train checkpoint (fresh optimizer)"
+    )
+    parser.add_argument(
+        "--start-stage", choices=STAGES, default=STAGES[0], help="with --init-from: the first stage to run"
+    )
     return parser.parse_args(argv)
 
 
@@ -484,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         if not checkpoint.exists():
             raise SystemExit(f"--resume: {checkpoint} does not exist")
         trainer.load(checkpoint)
+    elif args.init_from:
+        trainer.load_weights(args.init_from, args.start_stage)
     if runtime.is_main:
         (args.out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     started = time.monotonic()

@@ -104,3 +104,11 @@ def test_resume_continues_exactly(trained, tmp_path, monkeypatch):
     resumed = load_reference(tmp_path / "resumed" / "rxlm").state_dict()
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, msg=key)
+
+
+def test_fixed_training_stm_is_the_session_default():
+    from rxt_mlx.model import RxT
+
+    config = train.model_config(train.TrainConfig.from_dict({k: v for k, v in TINY.items() if k != "stages"}, "t"), 400)
+    expected = np.array(RxT(config).initial_stm(batch=1, seed=3))
+    np.testing.assert_array_equal(train.mlx_initial_stm(config, 3).numpy(), expected)
