@@ -17,6 +17,15 @@ from rxt_mlx.layers import activation
 
 
 @dataclass(frozen=True)
+class RotaryTables:
+    """cos/sin of the rotary angles at some positions, (T, hd/2), computed once per decode step
+    and shared by every attention of the decoder (see :meth:`Rope.tables`)."""
+
+    cos: mx.array
+    sin: mx.array
+
+
+@dataclass(frozen=True)
 class Rope:
     """Interleaved ("traditional", GPT-J) rotary embedding over the whole head dimension.
 
@@ -28,19 +37,38 @@ class Rope:
     head_dim: int
     base: float
 
-    def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
+    def __call__(self, x: mx.array, offset: int | mx.array | RotaryTables = 0) -> mx.array:
+        """Rotate ``x`` (..., T, hd) whose first position is ``offset`` (or by precomputed tables)."""
+        if isinstance(offset, RotaryTables):
+            return _rotate(x, offset.cos, offset.sin)
         if x.dtype == mx.float32:
             return mx.fast.rope(x, self.head_dim, traditional=True, base=self.base, scale=1.0, offset=offset)
-        return self._rotate_with_rounded_angles(x, offset)
+        return _rotate(x, *self._rounded_cos_sin(offset, x.shape[-2], x.dtype))
 
-    def _rotate_with_rounded_angles(self, x: mx.array, offset: int | mx.array) -> mx.array:
+    def tables(self, offset: mx.array, length: int, dtype: mx.Dtype) -> RotaryTables:
+        """cos/sin of positions ``offset .. offset + length - 1`` for activations of ``dtype``.
+
+        Rotating with them gives exactly what ``self(x, offset)`` gives (in fp32 the same
+        formula as MLX's CPU ``fast.rope``, bit for bit; in half precision the rounded angles).
+        """
+        if dtype != mx.float32:
+            return RotaryTables(*self._rounded_cos_sin(offset, length, dtype))
+        half = self.head_dim // 2
+        inv_freq = mx.exp(-mx.arange(0.0, half) * (math.log(self.base) / half))
+        angles = (mx.arange(length) + offset).astype(mx.float32)[:, None] * inv_freq
+        return RotaryTables(mx.cos(angles), mx.sin(angles))
+
+    def _rounded_cos_sin(self, offset: int | mx.array, length: int, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
         exponents = mx.arange(0, self.head_dim, 2, dtype=mx.float32) / self.head_dim
         inv_freq = 1.0 / mx.power(mx.array(self.base, dtype=mx.float32), exponents)
-        positions = (mx.arange(x.shape[-2]) + offset).astype(mx.float32)  # offset: int or scalar array
-        angles = (positions[:, None] * inv_freq).astype(x.dtype)  # (T, hd/2)
-        cos, sin = mx.cos(angles), mx.sin(angles)
-        even, odd = x[..., 0::2], x[..., 1::2]
-        return mx.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1).reshape(x.shape)
+        positions = (mx.arange(length) + offset).astype(mx.float32)  # offset: int or scalar array
+        angles = (positions[:, None] * inv_freq).astype(dtype)  # (T, hd/2)
+        return mx.cos(angles), mx.sin(angles)
+
+
+def _rotate(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return mx.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1).reshape(x.shape)
 
 
 class Attention(nn.Module):
@@ -88,7 +116,7 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.reshape(batch, length, heads, self.shape.head_dim).transpose(0, 2, 1, 3)
 
-    def project_kv(self, source: mx.array, offset: int | mx.array = 0) -> tuple[mx.array, mx.array]:
+    def project_kv(self, source: mx.array, offset: int | mx.array | RotaryTables = 0) -> tuple[mx.array, mx.array]:
         """Keys and values ``(B, H_kv, T, hd)`` of ``source`` (RoPE on keys if configured)."""
         keys = self._heads(self.k_proj(source), self.shape.kv_heads)
         values = self._heads(self.v_proj(source), self.shape.kv_heads)
@@ -120,19 +148,27 @@ class Attention(nn.Module):
         return self._attend(x, queries, keys, values, mask)
 
     def step_into(
-        self, x: mx.array, keys: mx.array, values: mx.array, offset: mx.array, mask: mx.array
+        self,
+        x: mx.array,
+        keys: mx.array,
+        values: mx.array,
+        offset: mx.array,
+        mask: mx.array,
+        rotary: RotaryTables | None = None,
     ) -> tuple[mx.array, mx.array, mx.array]:
         """Self-attention of one token per row at position ``offset`` over fixed-capacity KV buffers.
 
         ``keys``/``values`` (B, H_kv, capacity, hd) hold the earlier positions; the new key/value
         is written at ``offset`` (a scalar int32 array) and ``mask`` (capacity,) keeps positions
         ``<= offset``. Every shape is independent of the position, so the decode step can be
-        compiled once (see :meth:`rxt_mlx.decoder.Decoder.step`). Returns (output, keys, values).
+        compiled once (see :meth:`rxt_mlx.decoder.Decoder.step`). ``rotary``: the RoPE tables
+        of that position, if already computed. Returns (output, keys, values).
         """
+        position = offset if rotary is None else rotary
         queries = self._heads(self.q_proj(x), self.shape.query_heads)
         if self.rope_queries:
-            queries = self.rope(queries, offset)
-        new_keys, new_values = self.project_kv(x, offset)
+            queries = self.rope(queries, position)
+        new_keys, new_values = self.project_kv(x, position)
         start = offset.reshape(1)
         keys = mx.slice_update(keys, new_keys, start, axes=(2,))
         values = mx.slice_update(values, new_values, start, axes=(2,))

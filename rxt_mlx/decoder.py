@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import KVCache
 
-from rxt_mlx.attention import Attention, Rope
+from rxt_mlx.attention import Attention, Rope, RotaryTables
 from rxt_mlx.config import AttentionShape, TransformerConfig
 from rxt_mlx.feedforward import feed_forward
 from rxt_mlx.layers import layer_norm, rms_norm, transformer_norm
@@ -92,10 +92,11 @@ class TransformerLayer(nn.Module):
         offset: mx.array,
         mask: mx.array,
         memory: tuple[mx.array, mx.array] | None,
+        rotary: RotaryTables | None = None,
     ) -> tuple[mx.array, mx.array, mx.array]:
         """One decode token over fixed-capacity KV buffers (see :meth:`Attention.step_into`)."""
-        attended, keys, values = self.attention.step_into(self.norm1(x), keys, values, offset, mask)
-        return self._memory_and_ff(x + attended, memory, offset), keys, values
+        attended, keys, values = self.attention.step_into(self.norm1(x), keys, values, offset, mask, rotary)
+        return self._memory_and_ff(x + attended, memory, offset if rotary is None else rotary), keys, values
 
     def _memory_and_ff(self, x: mx.array, memory: tuple[mx.array, mx.array] | None, offset) -> mx.array:
         if memory is not None:
@@ -220,10 +221,13 @@ class Decoder(nn.Module):
         mask = mx.arange(keys[0].shape[2]) <= offset
         stateful = iter(memory)
         x = self.embedding(ids)
+        # every attention rotates by the same position: one cos/sin table for all of them
+        rope = self.layers[0].attention.rope if self.layers else None
+        rotary = rope.tables(offset, 1, x.dtype) if rope is not None else None
         new_keys, new_values = [], []
         for layer, layer_keys, layer_values in zip(self.all_layers(), keys, values, strict=True):
             layer_memory = next(stateful) if "memory_cross_attention" in layer else None
-            x, layer_keys, layer_values = layer.step(x, layer_keys, layer_values, offset, mask, layer_memory)
+            x, layer_keys, layer_values = layer.step(x, layer_keys, layer_values, offset, mask, layer_memory, rotary)
             new_keys.append(layer_keys)
             new_values.append(layer_values)
         return self._step_head(x), new_keys, new_values
