@@ -132,7 +132,7 @@ class Attention(nn.Module):
         kv: tuple[mx.array, mx.array] | None = None,
         mask: mx.array | str | None = None,
         cache=None,
-        offset: int = 0,
+        offset: int | mx.array | RotaryTables = 0,
     ) -> mx.array:
         """Attend from ``x`` (B, T, D) to ``context`` (default: ``x``) or to precomputed ``kv``.
 

@@ -79,7 +79,7 @@ class TransformerLayer(nn.Module):
         mask: mx.array | str | None,
         memory: tuple[mx.array, mx.array] | None = None,
         cache=None,
-        offset: int = 0,
+        offset: int | mx.array | RotaryTables = 0,
     ) -> mx.array:
         x = x + self.attention(self.norm1(x), mask=mask, cache=cache, offset=offset)
         return self._memory_and_ff(x, memory, offset)
@@ -175,9 +175,10 @@ class Decoder(nn.Module):
         mask = "causal" if ids.shape[1] > 1 else None
         stateful = iter(memory)
         x = self.embedding(ids)
+        positions = shared_positions(layers, offset, ids.shape[1], x.dtype)
         for layer, layer_cache in zip(layers, caches, strict=True):
             layer_memory = next(stateful) if "memory_cross_attention" in layer else None
-            x = layer(x, mask=mask, memory=layer_memory, cache=layer_cache, offset=offset)
+            x = layer(x, mask=mask, memory=layer_memory, cache=layer_cache, offset=positions)
         return self._head(x)
 
     def _head(self, x: mx.array) -> mx.array:
@@ -221,9 +222,8 @@ class Decoder(nn.Module):
         mask = mx.arange(keys[0].shape[2]) <= offset
         stateful = iter(memory)
         x = self.embedding(ids)
-        # every attention rotates by the same position: one cos/sin table for all of them
-        rope = self.layers[0].attention.rope if self.layers else None
-        rotary = rope.tables(offset, 1, x.dtype) if rope is not None else None
+        rotary = shared_positions(self.all_layers(), offset, 1, x.dtype)
+        rotary = rotary if isinstance(rotary, RotaryTables) else None
         new_keys, new_values = [], []
         for layer, layer_keys, layer_values in zip(self.all_layers(), keys, values, strict=True):
             layer_memory = next(stateful) if "memory_cross_attention" in layer else None
@@ -254,6 +254,14 @@ class Decoder(nn.Module):
             ],
             axis=-1,
         )
+
+
+def shared_positions(layers: list[TransformerLayer], offset, length: int, dtype: mx.Dtype):
+    """What the layers' attentions get as ``offset``: the RoPE tables of positions
+    ``offset .. offset + length - 1``, computed once for all of them (bit-identical to rotating
+    by ``offset`` in each attention), or ``offset`` itself when the layers use no RoPE."""
+    rope = layers[0].attention.rope if layers else None
+    return rope.tables(offset, length, dtype) if rope is not None else offset
 
 
 def _steppable(cache) -> bool:

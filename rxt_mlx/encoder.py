@@ -9,7 +9,7 @@ import mlx.nn as nn
 
 from rxt_mlx.attention import key_padding_mask
 from rxt_mlx.config import TransformerConfig
-from rxt_mlx.decoder import TransformerLayer
+from rxt_mlx.decoder import TransformerLayer, shared_positions
 
 
 class Encoder(nn.Module):
@@ -35,8 +35,9 @@ class Encoder(nn.Module):
         """Hidden states (L, B, T, D) of every layer for ``ids`` (B, T); ``mask`` (B, T) marks real tokens."""
         attention_mask = key_padding_mask(mask)
         x = self.embed(ids)
+        positions = shared_positions(self.layers, 0, ids.shape[1], x.dtype)
         hidden = []
         for layer in self.layers:
-            x = layer(x, mask=attention_mask)
+            x = layer(x, mask=attention_mask, offset=positions)
             hidden.append(x)
         return mx.stack(hidden)
