@@ -50,11 +50,16 @@ EXPORT_DIR = "rxlm"
 
 @dataclass
 class StageConfig:
-    """Steps, batch size (conversations, or interactions for joint/sft) and peak learning rate."""
+    """Steps, batch size (interactions for joint, conversations otherwise) and peak learning rate.
+
+    ``stop_at`` ends the stage early at that step while the learning-rate schedule still spans
+    ``steps`` (used to reproduce a run that was branched mid-stage).
+    """
 
     steps: int = 0
     batch_size: int = 16
     lr: float = 1e-3
+    stop_at: int | None = None
 
 
 @dataclass
@@ -346,7 +351,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         started = time.monotonic()
-        while self.step < stage.steps:
+        while self.step < min(stage.steps, stage.stop_at or stage.steps):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(self.step, stage.steps, stage.lr, self.config.warmup_steps)
             loss, metrics = self.stage_loss(name, stage)
