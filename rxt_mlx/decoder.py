@@ -124,6 +124,7 @@ class Decoder(nn.Module):
             self.head_norm = norm(config.embed_dim)
         self.head = nn.Linear(config.embed_dim, config.vocab_size, bias=True)
         self._compiled_step = None
+        self._warmed_up = False
 
     def all_layers(self) -> list[TransformerLayer]:
         """Every layer in execution order (the order of :meth:`make_cache`)."""
@@ -218,6 +219,22 @@ class Decoder(nn.Module):
             layer_cache.offset = offset + 1
         return logits
 
+    def warm_up(self, slots: int | None = None) -> None:
+        """Run the compiled step once (on a dummy STM), so that the first answer does not pay its
+        tracing (~20 ms) or, on a machine where MLX has never built its CPU kernels for it (they
+        are cached under ``$TMPDIR/mlx``), the one-time kernel compilation (seconds). ``slots``:
+        the STM size the model will use (default: the decoder config's ``stm_size``). Idempotent."""
+        if self._warmed_up:
+            return
+        dtype = self.head.bias.dtype
+        slots = slots or self.config.stm_size
+        stm = mx.zeros((len(self.layers), 1, slots, self.config.embed_dim), dtype=dtype)
+        memory, cache = self.project_memory(stm), self.make_cache()
+        ids = mx.zeros((1, 1), dtype=mx.int32)
+        mx.eval(self(ids, cache=cache, memory=memory))
+        mx.eval(self.step(ids, cache, memory))
+        self._warmed_up = True
+
     def _buffer_step(self, ids, offset, keys, values, memory):
         mask = mx.arange(keys[0].shape[2]) <= offset
         stateful = iter(memory)
@@ -235,10 +252,10 @@ class Decoder(nn.Module):
     def _step_head(self, x: mx.array) -> mx.array:
         """The head of one token, in row blocks of the weight.
 
-        Multi-threaded CPU BLAS (OpenBLAS) switches to threads above ~256k multiply-adds and a
-        one-row product with a (V, D) weight then runs several times slower than the same work
-        in blocks that stay on one thread; a few blocks cost little anywhere else. (Results
-        match the single product to float rounding: ~2e-6 on logits of magnitude 4.)
+        OpenBLAS takes a much slower path for a one-row product above ~256k multiply-adds (a
+        1x256 @ 256x4096 product: ~1 ms, against ~50 us per 768-row block here, with one BLAS
+        thread or two); a few blocks cost little anywhere else. (Results match the single
+        product to float rounding: ~2e-6 on logits of magnitude 4.)
         """
         head = self.head
         rows = max(64, HEAD_BLOCK_MACS // head.weight.shape[-1])

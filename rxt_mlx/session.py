@@ -102,6 +102,7 @@ class Session:
         self.created: str | None = None
         self._model_vocab = model.config.decoder.vocab_size
         self._sampling_vocab = min(self._model_vocab, tokenizer.vocab_size)
+        model.decoder.warm_up(slots)  # the compiled decode step, traced once per model
         self._pending: list[int] | None = None
         self._stop = threading.Event()
         if system_prompt:
