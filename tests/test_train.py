@@ -112,3 +112,22 @@ def test_fixed_training_stm_is_the_session_default():
     config = train.model_config(train.TrainConfig.from_dict({k: v for k, v in TINY.items() if k != "stages"}, "t"), 400)
     expected = np.array(RxT(config).initial_stm(batch=1, seed=3))
     np.testing.assert_array_equal(train.mlx_initial_stm(config, 3).numpy(), expected)
+
+
+def test_init_from_and_stop_at(trained, tmp_path):
+    """A later segment starts from another run's weights; ``stop_at`` ends a stage early."""
+    config = tmp_path / "segment.json"
+    stages = {"sft": {"steps": 6, "batch_size": 4, "lr": 0.003, "stop_at": 2}, "smat": {"steps": 2, "batch_size": 4}}
+    config.write_text(json.dumps({**TINY, "stages": stages}))
+    run = trained / "run"
+    args = ["--config", str(config), "--out", str(tmp_path / "segment"), "--tokenizer", str(run / "tokenizer.model")]
+    assert train.main([*args, "--init-from", str(run / "checkpoint.pt"), "--start-stage", "sft"]) == 0
+    history = json.loads((tmp_path / "segment" / "rxlm" / "training.json").read_text())["history"]
+    previous = json.loads((run / "rxlm" / "training.json").read_text())["history"]
+    assert history[: len(previous)] == previous
+    assert [(r["stage"], r["step"]) for r in history[len(previous) :]] == [
+        ("sft", 1),
+        ("sft", 2),
+        ("smat", 1),
+        ("smat", 2),
+    ]
