@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 
-async def wait_until(pilot, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+async def wait_until(pilot, predicate: Callable[[], bool], timeout: float = 120.0, what: str = "") -> None:
     """Let the app run until ``predicate()`` holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():

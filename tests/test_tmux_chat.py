@@ -54,7 +54,7 @@ class TmuxChat:
     def keys(self, *keys: str, literal: bool = False) -> None:
         self.tmux("send-keys", "-t", "chat", *(["-l"] if literal else []), *keys)
 
-    def wait_for(self, predicate, what: str, timeout: float = 90.0) -> str:
+    def wait_for(self, predicate, what: str, timeout: float = 240.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             screen = self.screen()
@@ -65,7 +65,7 @@ class TmuxChat:
             time.sleep(0.25)
         raise AssertionError(f"timed out waiting for {what}; screen:\n{self.screen()}")
 
-    def wait_exit(self, timeout: float = 30.0) -> None:
+    def wait_exit(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while self.alive():
             if time.monotonic() > deadline:
