@@ -64,7 +64,14 @@ class StageConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; read from ``--config`` JSON, then overridden by flags."""
+    """Everything a run needs; read from ``--config`` JSON, then overridden by flags.
+
+    ``stm_init``: ``random`` (a fresh N(0, 1) STM per conversation, any inference seed fits) or
+    ``fixed`` (always ``rxt_mlx`` ``initial_stm(seed=stm_seed)``, the STM a ``Session`` starts
+    from). ``curriculum_steps``: SFT/SMAT conversations grow from 2 turns to
+    ``min_turns..max_turns`` over that many steps. ``recall_weight``: loss weight of the answer
+    tokens of recall questions. ``truncate``: detach the STM every that many turns in SMAT.
+    """
 
     seed: int = 0
     embed_dim: int = 128
@@ -381,7 +388,7 @@ class Trainer:
             count = -(-stage.batch_size // self.config.min_turns)
             conversations = self.source.batch(name, self.step, self.runtime.rank, count)
             batch = collate_interactions(self.tokenizer, conversations, pad, stage.batch_size).to(device)
-            return joint_step(self.model, self.mlm_head, batch, generator, answers_only=False)
+            return joint_step(self.model, self.mlm_head, batch, generator)
         conversations = self.source.batch(name, self.step, self.runtime.rank, stage.batch_size)
         turns = [turn.to(device) for turn in collate_conversations(self.tokenizer, conversations, pad)]
         stm = self.initial_stm(len(conversations), generator)

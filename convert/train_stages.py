@@ -58,12 +58,11 @@ def joint_step(
     batch: TurnBatch,
     generator: torch.Generator,
     *,
-    answers_only: bool,
     mask_probability: float = 0.15,
     mask_token_id: int = 1,
     noise: float = 0.1,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stages 1 and 2: encoder MLM + decoder LM reading the encoder's noised states."""
+    """Stage 1: encoder MLM + decoder LM (every token) reading the encoder's noised states."""
     ids, attention = batch.input_ids, batch.attention_mask
     draw = torch.rand(ids.shape, generator=generator).to(ids.device)
     masked = (draw < mask_probability) & attention
@@ -76,7 +75,7 @@ def joint_step(
     memory = memory + noise * torch.randn(memory.shape, generator=generator).to(memory.device)
     memory = memory * attention[None, :, :, None]
     logits = model.decoder(ids, memory)
-    targets = batch.answer_mask if answers_only else attention[:, 1:]
+    targets = attention[:, 1:]
     per_token, correct = decoder_loss(logits, batch, targets)
     lm_loss = _masked_mean(per_token, targets)
     accuracy = correct.sum().item() / max(targets.sum().item(), 1)
