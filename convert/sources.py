@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rxt_convert.reference.checkpoint import CheckpointError, detect_variant
 from safetensors import safe_open
 
 COMPONENTS = ("decoder", "encoder", "memory_attention")
@@ -239,26 +240,12 @@ def read_component_folders(decoder: Path, encoder: Path, memory_attention: Path,
 
 def infer_variant(store: TensorStore, memory_attention_config: dict[str, Any]) -> str:
     """Tell the memory-attention variant from the component's weight names (spec §3.1)."""
-
-    def has(part: str) -> bool:
-        return any(key.startswith(f"memory_attention.model.{part}.") for key in store)
-
-    if has("mean_attention_layers"):
-        if has("interlayer_gate_layers"):
-            return "grouped-self-interlayer" if memory_attention_config.get("num_groups") else "self-interlayer"
-        if memory_attention_config.get("num_groups"):
-            return "grouped-self-interlayer"
-        if memory_attention_config.get("use_gated_residual"):
-            return "interlayer"
-        raise SourceError(
-            "memory attention: interlayer and self-interlayer have the same weights when "
-            "use_gated_residual is false; pass --variant interlayer or --variant self-interlayer"
-        )
-    if has("self_attention_layers"):
-        return "self"
-    if has("attention_layers"):
-        return "simple"
-    raise SourceError("memory attention: no attention_layers weights found, cannot tell the variant")
+    prefix = "memory_attention."
+    names = [key[len(prefix) :] for key in store if key.startswith(prefix)]
+    try:
+        return detect_variant(names, memory_attention_config)
+    except CheckpointError as error:
+        raise SourceError(f"{error}: pass --variant interlayer or --variant self-interlayer") from None
 
 
 def read_training_checkpoint(path: Path) -> Source:

@@ -209,18 +209,31 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], where: str) ->
     module.load_state_dict(state, strict=False)
 
 
-def detect_variant(keys, config: MemoryAttentionConfig) -> str:
-    """Memory-attention variant of a component checkpoint, from its keys (and ``num_groups``).
+def detect_variant(keys, config: dict[str, Any]) -> str:
+    """Memory-attention variant of a component checkpoint from its ``model.*`` keys (spec §3.1).
 
-    Ungated self-interlayer checkpoints look like interlayer ones: pass the variant explicitly.
+    ``config`` is the component's config dict: ``num_groups`` marks the grouped variant, and an
+    ungated checkpoint with interlayer weights is ambiguous (interlayer and self-interlayer then
+    have the same weights), which raises :class:`CheckpointError` asking for the variant.
     """
-    if any(key.startswith("model.interlayer_gate_layers.") for key in keys):
-        return "grouped-self-interlayer" if config.num_groups else "self-interlayer"
-    if any(key.startswith("model.mean_attention_layers.") for key in keys):
-        return "interlayer"
-    if any(key.startswith("model.self_attention_layers.") for key in keys):
+
+    def has(part: str) -> bool:
+        return any(key.startswith(f"model.{part}.") for key in keys)
+
+    if has("mean_attention_layers"):
+        if has("interlayer_gate_layers") or config.get("num_groups"):
+            return "grouped-self-interlayer" if config.get("num_groups") else "self-interlayer"
+        if config.get("use_gated_residual"):
+            return "interlayer"
+        raise CheckpointError(
+            "memory attention: interlayer and self-interlayer have the same weights when "
+            "use_gated_residual is false, so the variant must be given"
+        )
+    if has("self_attention_layers"):
         return "self"
-    return "simple"
+    if has("attention_layers"):
+        return "simple"
+    raise CheckpointError("memory attention: no attention_layers weights found, cannot tell the variant")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -262,14 +275,15 @@ def load_reference(
         return model
     if all((path / name).is_dir() for name in COMPONENTS):
         states = {name: read_state_dict(path / name) for name in COMPONENTS}
-        memory_config = MemoryAttentionConfig.from_dict(_read_json(path / "memory_attention" / "config.json"))
+        memory_values = _read_json(path / "memory_attention" / "config.json")
+        memory_config = MemoryAttentionConfig.from_dict(memory_values)
         config = RxTConfig(
             decoder=TransformerConfig.from_dict(_read_json(path / "decoder" / "config.json"), "decoder/config.json"),
             encoder=TransformerConfig.from_dict(_read_json(path / "encoder" / "config.json"), "encoder/config.json"),
             memory_attention=memory_config,
             tokenizer=tokenizer_config or DEFAULT_TOKENIZER,
             memory_attention_variant=memory_attention_variant
-            or detect_variant(states["memory_attention"], memory_config),
+            or detect_variant(states["memory_attention"], memory_values),
         )
         model = RxTReference(config)
         for name in COMPONENTS:
