@@ -18,8 +18,11 @@ start=$(date +%s)
 # 4. more memory-aware training on full-length conversations
 "$BIN/rxt-train" --config configs/demo_smat.json --out "$RUN/4-smat" \
     --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/3-memory-smat/checkpoint.pt" --start-stage smat
+# 5. SMAT, 400 more steps at a lower learning rate
+"$BIN/rxt-train" --config configs/demo_smat2.json --out "$RUN/5-smat" \
+    --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/4-smat/checkpoint.pt" --start-stage smat
 echo "training wall time: $(( $(date +%s) - start )) s"
-"$BIN/rxt-convert" "$RUN/4-smat/rxlm" "$RUN/mlx"
+"$BIN/rxt-convert" "$RUN/5-smat/rxlm" "$RUN/mlx"
 "$BIN/rxt-eval" --model "$RUN/mlx" --split heldout --conversations 200 --json "$RUN/eval-heldout.json"
 "$BIN/rxt-eval" --model "$RUN/mlx" --split train --seed 1234 --conversations 200 --json "$RUN/eval-train.json"
 cp "$RUN/mlx/config.json" "$RUN/mlx/model.safetensors" "$RUN/mlx/tokenizer.model" rxt_mlx/demo/
