@@ -3,7 +3,7 @@
 # conversation with the status line and the memory panel.
 #
 # usage: benchmarks/tmux_chat.sh [MODEL_DIR] [OUT_FILE]
-#   MODEL_DIR  an MLX model folder (default: a tiny random model built with tests/factories.py)
+#   MODEL_DIR  an MLX model folder, e.g. rxt_mlx/demo (default: a tiny random model from tests/factories.py)
 #   OUT_FILE   default benchmarks/screenshots/chat.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ tmux -L "$socket" new-session -d -s chat -x 120 -y 34 \
     "TERM=xterm-256color .venv/bin/rxt-chat --model '$model' --data-dir '$work/data' --max-tokens 24"
 wait_for "memory: ready"
 turn=0
-for message in "Hi, I'm Ann. I like green tea." "My cat is called Miso." "What do I like to drink?"; do
+for message in "Hi, I'm Ann." "My favourite color is blue." "What is my name?"; do
     turn=$((turn + 1))
     tmux -L "$socket" send-keys -t chat -l "$message"
     tmux -L "$socket" send-keys -t chat Enter
