@@ -100,8 +100,29 @@ def _from_dict(cls, values: dict[str, Any], where: str):
         raise ConfigError(f"{where}: {error}") from None
 
 
+class _ComponentConfig:
+    """``from_dict`` / ``to_dict`` shared by the component configs (dataclasses)."""
+
+    POSITIVE_INTEGERS: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str):
+        config = _from_dict(cls, values, where)
+        config.validate(where)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, where: str) -> None:
+        for name in self.POSITIVE_INTEGERS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
+
+
 @dataclass
-class TransformerConfig:
+class TransformerConfig(_ComponentConfig):
     """Decoder or encoder config (rxlm ``RxTDecoder`` / ``RxTEncoder`` kwargs)."""
 
     num_layers: int
@@ -143,20 +164,14 @@ class TransformerConfig:
     skip_memory_cross_attention: bool = False
     attn_layer_types: list[str] | None = None
 
+    POSITIVE_INTEGERS = ("num_layers", "vocab_size", "embed_dim", "att_heads", "seq_len", "stm_size")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> TransformerConfig:
-        config = _from_dict(cls, values, where)
-        config.validate(where)
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return super().from_dict(values, where)
 
     def validate(self, where: str) -> None:
-        for name in ("num_layers", "vocab_size", "embed_dim", "att_heads", "seq_len", "stm_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
+        super().validate(where)
         if self.attn_layer_types or self.self_att_type == "hybrid":
             raise ConfigError(f"{where}: hybrid/linear attention layers (attn_layer_types) are not supported")
         if self.ff_activation not in FF_ACTIVATIONS:
@@ -224,7 +239,7 @@ class TransformerConfig:
 
 
 @dataclass
-class MemoryAttentionConfig:
+class MemoryAttentionConfig(_ComponentConfig):
     """Memory-attention config (rxlm ``RxT*MemoryAttention`` kwargs)."""
 
     num_layers: int
@@ -256,20 +271,14 @@ class MemoryAttentionConfig:
     att_experts: int | None = None
     interlayer_att_experts: int | None = None
 
+    POSITIVE_INTEGERS = ("num_layers", "embed_dim", "att_heads", "stm_size", "seq_len")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "memory_attention_config") -> MemoryAttentionConfig:
-        config = _from_dict(cls, values, where)
-        config.validate(where)
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return super().from_dict(values, where)
 
     def validate(self, where: str) -> None:
-        for name in ("num_layers", "embed_dim", "att_heads", "stm_size", "seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
+        super().validate(where)
         if self.norm_type != "classic-rms":
             raise ConfigError(f"{where}: memory norm_type {self.norm_type!r} is not supported (only 'classic-rms')")
         if self.residual_gate_type not in RESIDUAL_GATE_TYPES:
@@ -318,7 +327,7 @@ class MemoryAttentionConfig:
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(_ComponentConfig):
     """Special-token ids of the interaction template (rxlm ``tokenizer_config``)."""
 
     bos_token_id: int
@@ -336,10 +345,7 @@ class TokenizerConfig:
         for name in ("bos_token_id", "eos_token_id", "query_token_id", "answer_token_id"):
             if not isinstance(values, dict) or values.get(name) is None:
                 raise ConfigError(f"{where}: missing {name}")
-        return _from_dict(cls, values, where)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return super().from_dict(values, where)
 
 
 @dataclass
