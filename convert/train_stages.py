@@ -52,6 +52,37 @@ def decoder_loss(logits: torch.Tensor, batch: TurnBatch, mask: torch.Tensor) -> 
     return per_token, correct
 
 
+class AnswerScore:
+    """Weighted answer loss and teacher-forced recall over the turns of a batch of conversations.
+
+    Answer tokens of recall questions weigh ``recall_weight`` times the others; a question is
+    recalled when every token of its answer is the argmax.
+    """
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), device=device)
+        self.count = 0.0
+        self.recalled = 0
+        self.questions = 0
+
+    def add(self, logits: torch.Tensor, batch: TurnBatch, recall_weight: float) -> None:
+        per_token, correct = decoder_loss(logits, batch, batch.answer_mask)
+        weights = batch.answer_mask.float() + (recall_weight - 1) * batch.recall_mask.float()
+        self.total = self.total + (per_token * weights).sum()
+        self.count += float(weights.sum())
+        is_question = batch.recall_mask.any(dim=1)
+        self.recalled += int(((correct | ~batch.recall_mask).all(dim=1) & is_question).sum())
+        self.questions += int(is_question.sum())
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.total / max(self.count, 1)
+
+    @property
+    def recall(self) -> float:
+        return self.recalled / max(self.questions, 1)
+
+
 def joint_step(
     model,
     mlm_head: MaskedLMHead,
@@ -98,22 +129,14 @@ def history_step(
     attention has to learn to compress them into the STM.
     """
     memory = [stm]
-    total = torch.zeros((), device=stm.device)
-    count = 0.0
-    recalled = questions = 0
+    score = AnswerScore(stm.device)
     for batch in turns:
         logits = model.decoder(batch.input_ids, torch.cat(memory, dim=2))
-        per_token, correct = decoder_loss(logits, batch, batch.answer_mask)
-        weights = batch.answer_mask.float() + (recall_weight - 1) * batch.recall_mask.float()
-        total = total + (per_token * weights).sum()
-        count += float(weights.sum())
-        is_question = batch.recall_mask.any(dim=1)
-        recalled += int(((correct | ~batch.recall_mask).all(dim=1) & is_question).sum())
-        questions += int(is_question.sum())
+        score.add(logits, batch, recall_weight)
         hidden = model.encoder(batch.input_ids, batch.attention_mask)
         hidden = hidden + noise * torch.randn(hidden.shape, generator=generator).to(hidden.device)
         memory.append(hidden * (batch.attention_mask & batch.active[:, None])[None, :, :, None])
-    return total / max(count, 1.0), {"recall": recalled / max(questions, 1)}
+    return score.loss, {"recall": score.recall}
 
 
 def memory_weights(turn: int, start: float = 0.9, step: float = 0.1, floor: float = 0.3) -> float:
@@ -150,23 +173,13 @@ def conversation_step(
 
     Answer tokens of recall questions weigh ``recall_weight`` times the others.
     """
-    total = torch.zeros((), device=stm.device)
-    count = 0
-    recalled = questions = 0
+    score = AnswerScore(stm.device)
     for index, batch in enumerate(turns):
         if truncate and index and index % truncate == 0:
             stm = stm.detach()
         logits = model.decoder(batch.input_ids, stm)
-        per_token, correct = decoder_loss(logits, batch, batch.answer_mask)
-        weights = batch.answer_mask.float() + (recall_weight - 1) * batch.recall_mask.float()
-        total = total + (per_token * weights).sum()
-        count += float(weights.sum())
-        is_question = batch.recall_mask.any(dim=1)
-        recalled += int(((correct | ~batch.recall_mask).all(dim=1) & is_question).sum())
-        questions += int(is_question.sum())
+        score.add(logits, batch, recall_weight)
         if index + 1 < len(turns):
             new_stm = model.update_memory(stm, batch.input_ids, batch.attention_mask)
             stm = torch.where(batch.active[None, :, None, None], new_stm, stm)
-    loss = total / max(count, 1)
-    # share of recall answers whose every token is the argmax under teacher forcing
-    return loss, {"recall": recalled / max(questions, 1)}
+    return score.loss, {"recall": score.recall}
