@@ -39,7 +39,9 @@ class TmuxChat:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=False)
 
     def start(self) -> None:
-        environment = {"TERM": "xterm-256color", "COLORTERM": "truecolor"}
+        # COLUMNS/LINES: a process that asks for its size before tmux has sized the new pane gets
+        # 0x0 and falls back to 80x24 (seen on a loaded CI machine); the variables take precedence.
+        environment = {"TERM": "xterm-256color", "COLORTERM": "truecolor", "COLUMNS": str(WIDTH), "LINES": str(HEIGHT)}
         exports = " ".join(f"{key}={value}" for key, value in environment.items())
         shell_command = f"cd {self.cwd} && {exports} exec " + " ".join(self.command)
         result = self.tmux("new-session", "-d", "-s", "chat", "-x", str(WIDTH), "-y", str(HEIGHT), shell_command)
