@@ -19,8 +19,6 @@ from rxt_mlx.blas import preload_optimised_blas
 
 preload_optimised_blas()
 
-import mlx.core as mx  # noqa: E402
-from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
 import rxt_mlx.decoder as decoder_module  # noqa: E402
 from rxt_mlx import load  # noqa: E402
@@ -28,7 +26,10 @@ from rxt_mlx.baseline import StatelessChat, baseline_shape, build_baseline  # no
 from rxt_mlx.bench import query_text  # noqa: E402
 from rxt_mlx.session import Session, TokenEvent  # noqa: E402
 
-STEPS = 32
+sys.path.insert(0, str(Path(__file__).parent))
+from profile_decode import STEPS, baseline_loop, rxt_loop  # noqa: E402
+
+CONTEXT = 35
 _steppable = decoder_module._steppable
 
 
@@ -43,33 +44,9 @@ def uncompiled(run):
     return wrapped
 
 
-def rxt_raw(model, stm, context=35):
-    decoder = model.decoder
-
-    def run():
-        cache = decoder.make_cache()
-        memory = decoder.project_memory(stm)
-        mx.eval(decoder(mx.array([[10 + i % 200 for i in range(context)]]), cache=cache, memory=memory))
-        token = mx.array([[11]])
-        start = time.perf_counter()
-        for _ in range(STEPS):
-            mx.eval(decoder(token, cache=cache, memory=memory))
-        return (time.perf_counter() - start) / STEPS * 1000
-
-    return run
-
-
-def baseline_raw(baseline, context=35):
-    def run():
-        cache = make_prompt_cache(baseline)
-        mx.eval(baseline(mx.array([[10 + i % 200 for i in range(context)]]), cache=cache))
-        token = mx.array([[11]])
-        start = time.perf_counter()
-        for _ in range(STEPS):
-            mx.eval(baseline(token, cache=cache))
-        return (time.perf_counter() - start) / STEPS * 1000
-
-    return run
+def milliseconds(run):
+    """A ``run`` that returns seconds per token, reporting milliseconds."""
+    return lambda: run() * 1000
 
 
 def stream_ms(tokens):
@@ -108,9 +85,9 @@ def main() -> int:
     query_ids = tokenizer.query_ids(query)
     answer = [20 + i for i in range(STEPS)]
     runs = {
-        "rxt_step_ms": rxt_raw(model, stm),
-        "rxt_step_uncompiled_ms": uncompiled(rxt_raw(model, stm)),
-        "baseline_step_ms": baseline_raw(baseline),
+        "rxt_step_ms": milliseconds(rxt_loop(model, stm, CONTEXT, compiled=True)),
+        "rxt_step_uncompiled_ms": uncompiled(milliseconds(rxt_loop(model, stm, CONTEXT, compiled=True))),
+        "baseline_step_ms": milliseconds(baseline_loop(baseline, CONTEXT)),
         "rxt_session_ms_per_token": rxt_session(model, tokenizer, query, answer),
         "rxt_session_uncompiled_ms_per_token": uncompiled(rxt_session(model, tokenizer, query, answer)),
         "baseline_generate_ms_per_token": baseline_session(baseline, query_ids, answer),
