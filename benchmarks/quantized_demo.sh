@@ -2,7 +2,7 @@
 # Issue 7's comparison: the demo model at fp32 / bf16 / 8-bit / 4-bit — folder size, rxt-eval
 # recall and perplexity, rxt-bench decode tokens/s. Needs the demo's rxlm export (benchmarks/train_demo.sh).
 #
-#   benchmarks/quantized_demo.sh RUN_DIR/5-smat/rxlm [OUT_DIR]
+#   benchmarks/quantized_demo.sh RUN_DIR/4-smat/rxlm [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -16,8 +16,8 @@ mkdir -p "$OUT"
 "$BIN/rxt-convert" "$SRC" "$OUT/q4" -q --q-bits 4 --q-group-size 64 --overwrite --no-progress
 for name in fp32 bf16 q8 q4; do
     echo "== $name: $(du -sk "$OUT/$name" | cut -f1) KiB (model.safetensors $(stat -c %s "$OUT/$name/model.safetensors") B)"
-    "$BIN/rxt-eval" --model "$OUT/$name" --split train --seed 1234 --conversations "$CONVERSATIONS" \
-        --json "$OUT/$name-eval.json" | tail -n 4
+    "$BIN/rxt-eval" --model "$OUT/$name" --split heldout --conversations "$CONVERSATIONS" \
+        --json "$OUT/$name-eval.json" | grep -E "^ +(1-6|all) |perplexity"
     "$BIN/rxt-bench" --model "$OUT/$name" --turns 4 --query-tokens 16 --answer-tokens 16 --repeats 3 \
         --no-progress --no-plot --out "$OUT/$name-bench" | grep -E "^ +[1-4] " || true
 done

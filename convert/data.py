@@ -142,15 +142,17 @@ def _in_heldout(value: str) -> bool:
     return digest[0] % HELDOUT_FRACTION == 0
 
 
-def _synthetic_words(count: int, seed: str, syllables: int = 2, suffixes: list[str] | None = None) -> list[str]:
-    """Pronounceable made-up words, capitalized: more distinct values than any real list."""
+def _synthetic_words(
+    count: int, seed: str, syllables: int = 2, suffixes: list[str] | None = None, capitalize: bool = True
+) -> list[str]:
+    """Pronounceable made-up words: more distinct values than any real list."""
     rng = random.Random(seed)
     words: set[str] = set()
     while len(words) < count:
         word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(syllables, syllables + 1)))
         if suffixes:
             word += rng.choice(suffixes)
-        words.add(word.capitalize())
+        words.add(word.capitalize() if capitalize else word)
     return sorted(words)
 
 
@@ -194,115 +196,172 @@ def _numbers() -> list[str]:
     return [str(n) for n in range(1, 1000)]
 
 
-def build_slots() -> dict[str, Slot]:
-    """The fact slots with their per-split value pools and phrasing templates."""
-    names = FIRST_NAMES + _synthetic_words(1500, "names")
-    cities = CITIES + _synthetic_words(1000, "cities", syllables=1, suffixes=CITY_SUFFIXES)
-    pets = PET_NAMES + _synthetic_words(800, "pets", syllables=1)
-    specs = [
-        (
-            "name",
-            names,
-            {
-                "train": ["My name is {v}.", "I am {v}.", "Call me {v}.", "Hi, I'm {v}.", "Hello, my name is {v}."],
-                "heldout": ["People call me {v}.", "Hey there, the name is {v}."],
-            },
-            {
-                "train": ["What is my name?", "Do you remember my name?", "Tell me my name.", "What's my name?"],
-                "heldout": ["Remind me of my name.", "Which name did I give you?"],
-            },
-            "Nice to meet you, {v}.",
-            "Your name is {v}.",
-        ),
-        (
-            "city",
-            cities,
-            {
-                "train": ["I live in {v}.", "My city is {v}.", "I am from {v}.", "My home is in {v}."],
-                "heldout": ["These days I reside in {v}.", "Home for me is the city of {v}."],
-            },
-            {
-                "train": ["Where do I live?", "What is my city?", "Do you remember where I live?", "Which city?"],
-                "heldout": ["Remind me where I live.", "In which city is my home?"],
-            },
-            "I hear {v} is a lovely place.",
-            "You live in {v}.",
-        ),
-        (
-            "pet",
-            pets,
-            {
-                "train": ["I have a {kind} named {v}.", "My pet is a {kind} called {v}.", "I own a {kind} named {v}."],
-                "heldout": ["My {kind} is named {v}.", "At home I keep a {kind} called {v}."],
-            },
-            {
-                "train": ["What is my pet?", "Tell me about my pet.", "Do you remember my pet?", "What pet do I have?"],
-                "heldout": ["Remind me about my pet.", "Which pet do I own?"],
-            },
-            "A {kind} named {v}, how lovely.",
-            "Your pet is a {kind} named {v}.",
-        ),
-        (
-            "job",
-            JOBS,
-            {
-                "train": ["I work as {a} {v}.", "I am {a} {v} by profession.", "My job: I am {a} {v}."],
-                "heldout": ["By trade I am {a} {v}.", "For a living I work as {a} {v}."],
-            },
-            {
-                "train": ["What is my job?", "What do I do for work?", "Do you remember my job?", "What is my work?"],
-                "heldout": ["Remind me what my job is.", "Which job do I have?"],
-            },
-            "Being {a} {v} sounds interesting.",
-            "You work as {a} {v}.",
-        ),
-        (
-            "color",
-            COLORS,
-            {
-                "train": ["My favourite color is {v}.", "I love the color {v}.", "The color I like most is {v}."],
-                "heldout": ["I really like the color {v}.", "The best color for me is {v}."],
-            },
-            {
-                "train": ["What is my favourite color?", "Which color do I like?", "What color do I love?"],
-                "heldout": ["Remind me of my favourite color.", "What color did I say I like?"],
-            },
-            "I like the color {v} too.",
-            "Your favourite color is {v}.",
-        ),
-        (
-            "food",
-            FOODS,
-            {
-                "train": ["My favourite food is {v}.", "I love to eat {v}.", "The food I like most is {v}."],
-                "heldout": ["I really enjoy eating {v}.", "The best food for me is {v}."],
-            },
-            {
-                "train": ["What is my favourite food?", "Which food do I like?", "What food do I love?"],
-                "heldout": ["Remind me of my favourite food.", "What food did I say I like?"],
-            },
-            "Yum, {v} is tasty.",
-            "Your favourite food is {v}.",
-        ),
-        (
-            "number",
-            _numbers(),
-            {
-                "train": ["My lucky number is {v}.", "The number {v} is lucky for me.", "My lucky number: {v}."],
-                "heldout": ["I consider {v} my lucky number.", "For luck I always pick {v}."],
-            },
-            {
-                "train": ["What is my lucky number?", "Which number is lucky for me?", "Tell me my lucky number."],
-                "heldout": ["Remind me of my lucky number.", "What number did I say was lucky?"],
-            },
-            "Good luck with {v}.",
-            "Your lucky number is {v}.",
-        ),
-    ]
-    return {
-        name: Slot(name, statements, questions, ack, answer, _split_values(values))
-        for name, values, statements, questions, ack, answer in specs
+# Phrasings are composed from parts, so the model sees every word and frame in training while
+# the held-out split still gets whole sentences it never saw: a full template goes to the
+# held-out split when a stable hash of it says so (as with values), at least one per slot.
+
+QUESTION_FRAMES = [
+    "What is {x}?",
+    "What's {x}?",
+    "Tell me {x}.",
+    "Do you remember {x}?",
+    "Remind me of {x}.",
+    "Can you recall {x}?",
+    "Do you know {x}?",
+    "Please tell me {x}.",
+    "What was {x} again?",
+    "Can you tell me {x}?",
+    "I forgot {x}. What is it?",
+    "Quick question: what is {x}?",
+    "Could you repeat {x}?",
+    "Say {x} again, please.",
+]
+STATEMENT_PREFIXES = ["", "By the way, ", "Oh, and ", "Just so you know, ", "Fun fact: ", "Also, ", "Listen, "]
+
+# slot: (question noun phrases, extra whole questions, statement cores, acknowledgement, answer, values)
+SLOT_PHRASES = {
+    "name": (
+        ["my name", "my first name", "the name I told you", "what I am called"],
+        ["Who am I?", "Which name did I tell you?", "How do I call myself?"],
+        ["my name is {v}.", "I am {v}.", "call me {v}.", "I'm {v}.", "people call me {v}.", "the name is {v}."],
+        "Nice to meet you, {v}.",
+        "Your name is {v}.",
+    ),
+    "city": (
+        ["my city", "my home city", "the city I live in", "my hometown", "where I live"],
+        ["Where do I live?", "Which city do I live in?", "In which city is my home?"],
+        [
+            "I live in {v}.",
+            "my city is {v}.",
+            "I am from {v}.",
+            "my home is in {v}.",
+            "I reside in {v}.",
+            "home for me is the city of {v}.",
+        ],
+        "I hear {v} is a lovely place.",
+        "You live in {v}.",
+    ),
+    "pet": (
+        ["my pet", "my animal", "the pet I have", "the animal I keep"],
+        ["What pet do I have?", "Which pet do I own?", "What animal lives with me?"],
+        [
+            "I have a {kind} named {v}.",
+            "my pet is a {kind} called {v}.",
+            "I own a {kind} named {v}.",
+            "my {kind} is called {v}.",
+            "at home I keep a {kind} called {v}.",
+        ],
+        "A {kind} named {v}, how lovely.",
+        "Your pet is a {kind} named {v}.",
+    ),
+    "job": (
+        ["my job", "my profession", "my work", "my occupation", "what I do for a living"],
+        ["What do I do for work?", "Which job do I have?", "How do I earn my living?"],
+        [
+            "I work as {a} {v}.",
+            "I am {a} {v} by profession.",
+            "my job: I am {a} {v}.",
+            "by trade I am {a} {v}.",
+            "for a living I work as {a} {v}.",
+        ],
+        "Being {a} {v} sounds interesting.",
+        "You work as {a} {v}.",
+    ),
+    "color": (
+        ["my favourite color", "my favorite color", "the color I like", "the color I love most"],
+        ["Which color do I like?", "What color do I love?", "What color did I say I like?"],
+        [
+            "my favourite color is {v}.",
+            "I love the color {v}.",
+            "the color I like most is {v}.",
+            "I really like the color {v}.",
+            "my favorite color is {v}.",
+            "the best color for me is {v}.",
+        ],
+        "I like the color {v} too.",
+        "Your favourite color is {v}.",
+    ),
+    "food": (
+        ["my favourite food", "my favorite food", "the food I like", "the dish I love most"],
+        ["Which food do I like?", "What food do I love?", "What food did I say I like?"],
+        [
+            "my favourite food is {v}.",
+            "I love to eat {v}.",
+            "the food I like most is {v}.",
+            "I really enjoy eating {v}.",
+            "my favorite food is {v}.",
+            "the best food for me is {v}.",
+        ],
+        "Yum, {v} is tasty.",
+        "Your favourite food is {v}.",
+    ),
+    "number": (
+        ["my lucky number", "the number that is lucky for me", "the lucky number I told you"],
+        ["Which number is lucky for me?", "What number did I say was lucky?", "What number brings me luck?"],
+        [
+            "my lucky number is {v}.",
+            "the number {v} is lucky for me.",
+            "my lucky number: {v}.",
+            "I consider {v} my lucky number.",
+            "for luck I always pick {v}.",
+        ],
+        "Good luck with {v}.",
+        "Your lucky number is {v}.",
+    ),
+}
+
+
+def _capitalize(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def _split_templates(templates: Iterable[str]) -> dict[str, list[str]]:
+    """Templates per split by hash; the first template by hash order is forced held out if none is."""
+    split = _split_values(templates)
+    if not split["heldout"]:
+        first = min(split["train"], key=lambda t: hashlib.sha256(t.encode()).digest())
+        split = {"train": [t for t in split["train"] if t != first], "heldout": [first]}
+    return split
+
+
+def _questions(nouns: list[str]) -> list[str]:
+    """Every frame with every noun phrase; clauses ("where I live") skip frames that ask "what"."""
+    questions = []
+    for frame in QUESTION_FRAMES:
+        for noun in nouns:
+            if noun.startswith(("what ", "where ")) and "what" in frame.lower():
+                continue
+            questions.append(frame.format(x=noun))
+    return questions
+
+
+def _slot_templates(nouns: list[str], extra: list[str], cores: list[str]) -> tuple[dict, dict]:
+    statements = [_capitalize(prefix + core) for prefix in STATEMENT_PREFIXES for core in cores]
+    return _split_templates(statements), _split_templates(_questions(nouns) + extra)
+
+
+def build_slots(made_up_values: bool = True) -> dict[str, Slot]:
+    """The fact slots with their per-split value pools and phrasing templates.
+
+    ``made_up_values=False`` leaves jobs, colors and foods to the real words (the pools the
+    first segments of the demo model were trained on).
+    """
+    values = {
+        "name": FIRST_NAMES + _synthetic_words(1500, "names"),
+        "city": CITIES + _synthetic_words(1000, "cities", syllables=1, suffixes=CITY_SUFFIXES),
+        "pet": PET_NAMES + _synthetic_words(800, "pets", syllables=1),
+        # Made-up words next to the real ones: with only a few dozen real colors a small model
+        # learns to name a color it knows instead of copying the one it was told.
+        "job": JOBS + (_synthetic_words(300, "jobs", capitalize=False) if made_up_values else []),
+        "color": COLORS + (_synthetic_words(200, "colors", capitalize=False) if made_up_values else []),
+        "food": FOODS + (_synthetic_words(300, "foods", capitalize=False) if made_up_values else []),
+        "number": _numbers(),
     }
+    slots = {}
+    for name, (nouns, extra, cores, ack, answer) in SLOT_PHRASES.items():
+        statements, questions = _slot_templates(nouns, extra, cores)
+        slots[name] = Slot(name, statements, questions, ack, answer, _split_values(values[name]))
+    return slots
 
 
 SMALLTALK = [
@@ -399,10 +458,11 @@ def generate_conversations(
     min_turns: int = 6,
     max_turns: int = 10,
     max_facts: int = 4,
+    made_up_values: bool = True,
 ) -> list[Conversation]:
     """``count`` reproducible conversations of ``split`` (same arguments, same conversations)."""
     rng = random.Random(f"rxt-dialogue:{split}:{seed}")
-    slots = build_slots()
+    slots = build_slots(made_up_values)
     return [generate_conversation(rng, split, slots, min_turns, max_turns, max_facts) for _ in range(count)]
 
 
@@ -469,3 +529,21 @@ def corpus_lines(conversations: Iterable[Conversation]) -> Iterator[str]:
         for turn in conversation.turns:
             yield turn.query
             yield turn.answer
+
+
+ALPHABET = "".join(chr(c) for c in range(ord("A"), ord("Z") + 1)) + "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def template_lines(conversations: Iterable[Conversation]) -> Iterator[str]:
+    """:func:`corpus_lines` with the entity values cut out, plus the alphabet.
+
+    A tokenizer trained on this never merges the letters of a value into a piece of its own:
+    every name, city or food is spelled in the same short pieces, whether the model met it
+    in training or not, so copying an unseen value is the same skill as copying a seen one.
+    """
+    yield " ".join(ALPHABET)
+    for line_turn in (turn for conversation in conversations for turn in conversation.turns):
+        for text in (line_turn.query, line_turn.answer):
+            for value in line_turn.values:
+                text = re.sub(rf"(?<![\w]){re.escape(value)}(?![\w])", " ", text)
+            yield text

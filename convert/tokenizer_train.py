@@ -4,8 +4,10 @@ The model is BPE with byte fallback (any text is encodable, held-out names inclu
 digits split one by one, and the RxT interaction tokens at fixed ids:
 [PAD]=0 [UNK]=1 [BOS]=2 [EOS]=3 [Q]=4 [A]=5 [T]=6 [I]=7. [Q] [A] [T] [I] are control
 symbols: they are never produced from user text, only placed by the interaction template.
-A small vocabulary keeps entity values split into short pieces shared by many values, which
-is what lets the model copy a name it never saw in training.
+``rxt-train`` trains it on :func:`rxt_convert.data.template_lines`, the dialogue text with the
+entity values cut out: template words become whole pieces, while every name, city or number is
+spelled in short pieces, the same way whether the model saw that value in training or not,
+which is what lets the model copy a value it never saw.
 """
 
 from __future__ import annotations

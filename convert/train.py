@@ -71,6 +71,11 @@ class TrainConfig:
     from). ``curriculum_steps``: SFT/SMAT conversations grow from 2 turns to
     ``min_turns..max_turns`` over that many steps. ``recall_weight``: loss weight of the answer
     tokens of recall questions. ``truncate``: detach the STM every that many turns in SMAT.
+    ``memory_gate``: ``elementwise`` (sigmoid of a per-slot scale times the slot's mean) or
+    ``linear`` (sigmoid of a linear map over slots of a learned ``Linear(D, 1)`` slot status, so
+    a slot decides from its content whether to keep its data or take the new), with bias or
+    scale ``memory_gate_init``. ``made_up_values``: add made-up words to the job, color and
+    food values (see :func:`rxt_convert.data.build_slots`).
     """
 
     seed: int = 0
@@ -82,12 +87,15 @@ class TrainConfig:
     stm_size: int = 32
     seq_len: int = 64
     memory_attention_variant: str = "simple"
+    memory_gate: str = "elementwise"
+    memory_gate_init: float = 3.0
     vocab_size: int = 768
     max_piece_length: int = 6
     tokenizer_conversations: int = 20000
     min_turns: int = 6
     max_turns: int = 10
     max_facts: int = 4
+    made_up_values: bool = True
     truncate: int | None = None
     stm_init: str = "random"
     curriculum_steps: int = 0
@@ -109,6 +117,8 @@ class TrainConfig:
         bad = sorted(set(stages) - set(STAGES))
         if bad:
             raise SystemExit(f"{where}: unknown stages {bad} (expected {list(STAGES)})")
+        if values.get("memory_gate", "elementwise") not in ("elementwise", "linear"):
+            raise SystemExit(f"{where}: memory_gate must be 'elementwise' or 'linear', got {values['memory_gate']!r}")
         if values.get("stm_init", "random") not in ("random", "fixed"):
             raise SystemExit(f"{where}: stm_init must be 'random' or 'fixed', got {values['stm_init']!r}")
         return cls(**{**values, "stages": {name: StageConfig(**stage) for name, stage in stages.items()}})
@@ -146,10 +156,11 @@ def model_config(config: TrainConfig, vocab_size: int) -> RxTConfig:
         stm_size=config.stm_size,
         seq_len=config.seq_len,
         use_gated_residual=True,
-        residual_gate_type="elementwise",
+        residual_gate_type=config.memory_gate,
         residual_per_slot_gate=True,
+        residual_gate_slot_status_type="linear" if config.memory_gate == "linear" else "mean",
         use_tanh_residual_gate=False,
-        residual_gate_init=3.0,
+        residual_gate_init=config.memory_gate_init,
     )
     rxt = RxTConfig(
         decoder,
@@ -217,7 +228,7 @@ class ConversationSource:
     def __init__(self, config: TrainConfig, conversations: list[data.Conversation] | None = None):
         self.config = config
         self.conversations = conversations
-        self.slots = data.build_slots()
+        self.slots = data.build_slots(config.made_up_values)
 
     def batch(self, stage: str, step: int, rank: int, count: int) -> list[data.Conversation]:
         rng = random.Random(f"{self.config.seed}:{stage}:{step}:{rank}")
@@ -487,10 +498,15 @@ def prepare_tokenizer(args, config: TrainConfig, runtime: Runtime, conversations
             shutil.copy(args.tokenizer, path)
         else:
             corpus = conversations or data.generate_conversations(
-                config.tokenizer_conversations, "train", config.seed, config.min_turns, config.max_turns
+                config.tokenizer_conversations,
+                "train",
+                config.seed,
+                config.min_turns,
+                config.max_turns,
+                made_up_values=config.made_up_values,
             )
             train_tokenizer(
-                data.corpus_lines(corpus), args.out, config.vocab_size, config.max_piece_length, config.seed
+                data.template_lines(corpus), args.out, config.vocab_size, config.max_piece_length, config.seed
             )
     barrier(runtime)
     return path

@@ -1,6 +1,7 @@
 """Synthetic recall dialogues: reproducibility, held-out disjointness, JSONL, exact match."""
 
 import json
+import re
 
 import pytest
 from rxt_convert import data
@@ -91,3 +92,32 @@ def test_exact_and_entity_match_rules():
     assert not data.exact_match("Your name is Anna.", "Your name is Ann.")
     assert data.entity_match("Your pet is a dog named Rex.", ("dog", "Rex"))
     assert not data.entity_match("Your pet is a dog named Rexi.", ("dog", "Rex"))
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+def test_heldout_phrasings_are_new_sentences_of_known_words():
+    """Held-out templates are unseen combinations; each of their words occurs in training templates."""
+    slots = data.build_slots()
+    train_text = [t for s in slots.values() for t in s.statements["train"] + s.questions["train"]]
+    known = set().union(*map(_words, train_text + [text for pair in data.SMALLTALK for text in pair]))
+    for name, slot in slots.items():
+        for kind in ("statements", "questions"):
+            train, heldout = getattr(slot, kind)["train"], getattr(slot, kind)["heldout"]
+            assert 1 <= len(heldout) < len(train), (name, kind)
+            for template in heldout:
+                assert _words(template) <= known, (name, template)
+
+
+def test_template_lines_cut_out_every_entity_value():
+    conversations = data.generate_conversations(50, "train", seed=5)
+    lines = list(data.template_lines(conversations))
+    assert lines[0].split() == list(data.ALPHABET)
+    turns = [t for c in conversations for t in c.turns]
+    assert len(lines) == 1 + 2 * len(turns)
+    for index, turn in enumerate(turns):
+        for line in lines[1 + 2 * index : 3 + 2 * index]:
+            assert not any(re.search(rf"(?<![\w]){re.escape(v)}(?![\w])", line) for v in turn.values), line
+    assert any(line == "Your name is  ." for line in lines)

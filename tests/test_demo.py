@@ -1,8 +1,7 @@
-"""The bundled demo model (rxt_mlx/demo): loads, answers deterministically, and uses its memory.
+"""The bundled demo model (rxt_mlx/demo): loads, answers deterministically, recalls held-out facts.
 
-The recall target of the demo (>= 95% on held-out facts 1-6 turns back) is NOT reached by the
-shipped model (see rxt_mlx/demo/README.md for the measured figures); the held-out recall test
-below is an expected failure that documents the target, the others assert what it does do.
+Everything the recall tests say comes from the held-out split: values and phrasings that never
+occur in the demo's training data (see rxt_convert.data), played greedily through Session.
 """
 
 from pathlib import Path
@@ -11,30 +10,34 @@ import pytest
 from rxt_convert import data
 
 import rxt_mlx
-from rxt_mlx.evaluate import DEMO_DIR, greedy_answer
+from rxt_mlx.evaluate import DEMO_DIR, chance_of, greedy_answer
 from rxt_mlx.session import Session
 
+NAME, CITY, NUMBER, FOOD, COLOR, JOB = "Chloe", "Zurich", "133", "grapes", "olive", "designer"
 
-def heldout_value(slot: str, index: int) -> str:
-    return data.build_slots()[slot].values["heldout"][index]
-
-
-# Held-out phrasings and values only: none of this text occurs in the training split.
-NAME, CITY, FOOD, NUMBER = (
-    heldout_value("name", 3),
-    heldout_value("city", 5),
-    heldout_value("food", 1),
-    heldout_value("number", 10),
-)
-HELDOUT_CONVERSATION = [
-    (f"People call me {NAME}.", None),
-    ("How are you?", None),
-    (f"These days I reside in {CITY}.", None),
-    (f"The best food for me is {FOOD}.", None),
-    (f"I consider {NUMBER} my lucky number.", None),
-    ("Which name did I give you?", f"Your name is {NAME}."),
-    ("Remind me where I live.", f"You live in {CITY}."),
-    ("What food did I say I like?", f"Your favourite food is {FOOD}."),
+# (query, expected answer of a recall question or None); facts 1 to 6 turns back
+HELDOUT_CONVERSATIONS = [
+    [
+        (f"Also, call me {NAME}.", None),
+        ("How are you?", None),
+        (f"Listen, I reside in {CITY}.", None),
+        (f"By the way, I consider {NUMBER} my lucky number.", None),
+        ("Which number is lucky for me?", f"Your lucky number is {NUMBER}."),
+        ("Tell me a joke.", None),
+        ("Which name did I tell you?", f"Your name is {NAME}."),
+        ("What was my city again?", f"You live in {CITY}."),
+    ],
+    [
+        (f"Just so you know, I really enjoy eating {FOOD}.", None),
+        (f"Also, I really like the color {COLOR}.", None),
+        ("Do you like music?", None),
+        ("What is my favourite color?", f"Your favourite color is {COLOR}."),
+        (f"By trade I am a {JOB}.", None),
+        ("Thanks!", None),
+        ("What was my favorite food again?", f"Your favourite food is {FOOD}."),
+        ("I went for a run.", None),
+        ("What is my profession?", f"You work as a {JOB}."),
+    ],
 ]
 
 
@@ -47,9 +50,22 @@ def demo():
     return rxt_mlx.load(folder)
 
 
-def test_demo_values_are_heldout():
-    train_values = {v for slot in data.build_slots().values() for v in slot.values["train"]}
-    assert not {NAME, CITY, FOOD, NUMBER} & train_values
+def test_the_recall_conversations_are_heldout():
+    slots = data.build_slots()
+    train_values = {v for slot in slots.values() for v in slot.values["train"]}
+    assert not {NAME, CITY, NUMBER, FOOD, COLOR, JOB} & train_values
+    train_text = {t for slot in slots.values() for t in slot.statements["train"] + slot.questions["train"]}
+    heldout_text = {t for slot in slots.values() for t in slot.statements["heldout"] + slot.questions["heldout"]}
+    smalltalk = {query for query, _ in data.SMALLTALK}
+    for conversation in HELDOUT_CONVERSATIONS:
+        for query, expected in conversation:
+            if query in smalltalk:
+                continue
+            template = query
+            for value, field in ((NAME, "{v}"), (CITY, "{v}"), (NUMBER, "{v}"), (FOOD, "{v}"), (COLOR, "{v}")):
+                template = template.replace(value, field)
+            template = template.replace(f"a {JOB}", "{a} {v}")
+            assert template in heldout_text and template not in train_text, query
 
 
 def play(model, tokenizer, queries, reset_each_turn=False):
@@ -70,30 +86,31 @@ def test_demo_is_deterministic_and_fluent(demo):
     assert first == ["Hello! How can I help?", "I am fine, thank you.", "You are welcome."]
 
 
-def test_demo_uses_its_memory():
-    """Over seeded training-distribution conversations, carried memory recalls more than none."""
-    model, tokenizer = rxt_mlx.load(DEMO_DIR)
-    carried = ablated = questions = 0
-    for conversation in data.generate_conversations(12, "train", seed=777):
-        answers = play(model, tokenizer, [turn.query for turn in conversation.turns])
-        for turn, answer in zip(conversation.turns, answers, strict=True):
-            if turn.kind == "question":
-                questions += 1
-                carried += data.entity_match(answer, turn.values)
-                (alone,) = play(model, tokenizer, [turn.query])
-                ablated += data.entity_match(alone, turn.values)
-    # measured on the shipped demo: 9 of 20 recalled with memory, 0 without
-    assert questions == 20
-    assert carried >= 6
-    assert ablated <= 1
-
-
-@pytest.mark.xfail(
-    strict=True, reason="the shipped demo does not reach the held-out recall target (rxt_mlx/demo/README.md)"
-)
 def test_demo_recalls_heldout_facts(demo):
     model, tokenizer = demo
-    answers = play(model, tokenizer, [query for query, _ in HELDOUT_CONVERSATION])
-    for (query, expected), answer in zip(HELDOUT_CONVERSATION, answers, strict=True):
-        if expected is not None:
-            assert answer == expected, f"{query!r}: got {answer!r}"
+    for conversation in HELDOUT_CONVERSATIONS:
+        answers = play(model, tokenizer, [query for query, _ in conversation])
+        for (query, expected), answer in zip(conversation, answers, strict=True):
+            if expected is not None:
+                assert answer == expected, f"{query!r}: got {answer!r}"
+
+
+def test_demo_recall_comes_from_memory(demo):
+    """Seeded held-out conversations: >= 95% recall 1-6 turns back, about chance with memory reset."""
+    model, tokenizer = demo
+    slots = data.build_slots()
+    carried = ablated = questions = 0
+    chance = 0.0
+    for conversation in data.generate_conversations(20, "heldout", seed=2026):
+        answers = play(model, tokenizer, [turn.query for turn in conversation.turns])
+        for turn, answer in zip(conversation.turns, answers, strict=True):
+            if turn.kind != "question" or turn.distance > 6:
+                continue
+            questions += 1
+            carried += data.exact_match(answer, turn.answer)
+            (alone,) = play(model, tokenizer, [turn.query])
+            ablated += data.exact_match(alone, turn.answer)
+            chance += chance_of(turn, "heldout", slots)
+    assert questions >= 30
+    assert carried / questions >= 0.95, f"{carried} of {questions} recalled"
+    assert ablated / questions <= chance / questions + 0.10, f"{ablated} of {questions} without memory"

@@ -6,11 +6,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from rxt_convert import train
+from rxt_convert import data, train
 from rxt_convert.convert import main as convert_main
 from rxt_convert.reference.checkpoint import load_reference
 
 import rxt_mlx
+from rxt_mlx import evaluate
 from rxt_mlx.session import AnswerDone, MemoryUpdated, Session
 
 TINY = {
@@ -23,6 +24,8 @@ TINY = {
     "stm_size": 8,
     "seq_len": 64,
     "vocab_size": 400,
+    "memory_gate": "linear",
+    "memory_gate_init": 0.0,
     "tokenizer_conversations": 300,
     "warmup_steps": 2,
     "checkpoint_every": 3,
@@ -69,6 +72,11 @@ def test_export_converts_and_runs_in_mlx(trained, tmp_path):
         expected = reference.decoder(torch.tensor([ids]), torch.from_numpy(stm)).numpy()
     actual = np.array(model.decoder(mx.array([ids]), mx.array(stm)))
     np.testing.assert_allclose(actual, expected, atol=2e-4, rtol=1e-4)
+    mask = np.ones((1, len(ids)), dtype=bool)
+    with torch.no_grad():
+        expected = reference.update_memory(torch.from_numpy(stm), torch.tensor([ids]), torch.from_numpy(mask)).numpy()
+    actual = np.array(model.update_memory(mx.array(stm), mx.array([ids]), mx.array(mask)))
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
 
     session = Session(model, tokenizer)
     events = list(session.interact("My name is Ann.", max_tokens=6))
@@ -131,3 +139,34 @@ def test_init_from_and_stop_at(trained, tmp_path):
         ("smat", 1),
         ("smat", 2),
     ]
+
+
+def test_rxt_eval_scores_every_question(trained, tmp_path):
+    """rxt-eval on a trained tiny model: every question lands in one bin, with and without memory."""
+    assert convert_main([str(trained / "run" / "rxlm"), str(tmp_path / "mlx")]) == 0
+    out = tmp_path / "eval.json"
+    args = ["--model", str(tmp_path / "mlx"), "--conversations", "6", "--max-tokens", "8", "--json", str(out)]
+    assert evaluate.main(args) == 0
+    report = json.loads(out.read_text())
+    conversations = data.generate_conversations(6, "heldout", seed=1234)
+    distances = [turn.distance for c in conversations for _, turn in c.questions]
+    assert report["split"] == "heldout" and report["conversations"] == 6
+    for condition in ("memory", "ablated"):
+        recall = report["recall"][condition]
+        assert recall["all"]["questions"] == len(distances)
+        assert recall["1-6"]["questions"] == sum(d <= 6 for d in distances)
+        assert recall["7+"]["questions"] == sum(d > 6 for d in distances)
+        for name in ("1", "2", "3", "4", "5", "6"):
+            assert recall[name]["questions"] == distances.count(int(name))
+        assert 0 <= recall["all"]["entity"] <= 1 and recall["all"]["exact"] <= recall["all"]["entity"]
+    slots = data.build_slots()
+    heldout_chance = np.mean(
+        [
+            1 / len(slots[t.slot].values["heldout"]) / (12 if t.slot == "pet" else 1)
+            for c in conversations
+            for _, t in c.questions
+        ]
+    )
+    assert report["recall"]["memory"]["all"]["chance"] == pytest.approx(heldout_chance)
+    assert report["answer_perplexity"] > 1 and np.isfinite(report["answer_perplexity"])
+    assert [t["query"] for t in report["example"]] == [t.query for t in conversations[0].turns]
