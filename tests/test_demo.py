@@ -58,7 +58,7 @@ def test_the_recall_conversations_are_heldout():
     heldout_text = {t for slot in slots.values() for t in slot.statements["heldout"] + slot.questions["heldout"]}
     smalltalk = {query for query, _ in data.SMALLTALK}
     for conversation in HELDOUT_CONVERSATIONS:
-        for query, expected in conversation:
+        for query, _ in conversation:
             if query in smalltalk:
                 continue
             template = query
