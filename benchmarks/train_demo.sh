@@ -17,11 +17,16 @@ start=$(date +%s)
 "$BIN/rxt-train" --config configs/demo_memory.json --out "$RUN/3-memory-smat" \
     --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/2-sft/checkpoint.pt" --start-stage memory
 # 4. memory-aware training on full-length conversations whose job, color and food values include
-#    made-up words (segments 1-3 had only the real words, and the model learned to name a known color)
+#    made-up words (segments 1-3 had only the real words, and the model learned to name a known color),
+#    stopped at step 1300 of 2500
 "$BIN/rxt-train" --config configs/demo_smat.json --out "$RUN/4-smat" \
     --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/3-memory-smat/checkpoint.pt" --start-stage smat
+# 5. memory-aware training where half of the values are made-up words drawn anew every time
+#    (with fixed value lists the model learned them by heart and miscopied unseen ones)
+"$BIN/rxt-train" --config configs/demo_fresh.json --out "$RUN/5-fresh" \
+    --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/4-smat/checkpoint.pt" --start-stage smat
 echo "training wall time: $(( $(date +%s) - start )) s"
-"$BIN/rxt-convert" "$RUN/4-smat/rxlm" "$RUN/mlx"
+"$BIN/rxt-convert" "$RUN/5-fresh/rxlm" "$RUN/mlx"
 "$BIN/rxt-eval" --model "$RUN/mlx" --split heldout --conversations 500 --json "$RUN/eval-heldout.json"
 "$BIN/rxt-eval" --model "$RUN/mlx" --split train --conversations 200 --json "$RUN/eval-train.json"
 cp "$RUN/mlx/config.json" "$RUN/mlx/model.safetensors" "$RUN/mlx/tokenizer.model" rxt_mlx/demo/

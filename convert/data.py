@@ -5,10 +5,14 @@ favourite color and food, lucky number), chats about other things, and later ask
 those facts. Every answer follows from what was said earlier in the same conversation, so
 a model can only answer recall questions from its short-term memory.
 
-Two splits come from disjoint pools: ``heldout`` uses entity values and query phrasings
-that never occur in ``train`` (values are assigned to a split by a stable hash, phrasing
-templates are listed per split). Generation is seeded and reproducible: the same
-``(split, seed, count)`` always gives the same conversations.
+Two splits come from disjoint pools: ``heldout`` uses entity values and phrasings that never
+occur in ``train``. Values (real words and made-up ones) go to a split by a stable hash of the
+value. Phrasings are composed from parts (question frames x noun phrases, statement openers x
+statement cores) and each whole template goes to a split by its hash, so a held-out sentence is
+new while its words are all known from training. For training, ``fresh_values`` draws half of
+the values as made-up words generated on the fly (always from the training side of the hash),
+so a model learns to copy values rather than memorise a list. Generation is seeded and
+reproducible: the same ``(split, seed, count)`` always gives the same conversations.
 
 Exact-match rule (used by ``rxt-eval``): a generated answer is correct when it equals the
 expected answer after :func:`normalize_answer` (surrounding whitespace stripped, runs of
@@ -142,18 +146,34 @@ def _in_heldout(value: str) -> bool:
     return digest[0] % HELDOUT_FRACTION == 0
 
 
-def _synthetic_words(
-    count: int, seed: str, syllables: int = 2, suffixes: list[str] | None = None, capitalize: bool = True
-) -> list[str]:
-    """Pronounceable made-up words: more distinct values than any real list."""
-    rng = random.Random(seed)
-    words: set[str] = set()
-    while len(words) < count:
-        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(syllables, syllables + 1)))
-        if suffixes:
-            word += rng.choice(suffixes)
-        words.add(word.capitalize() if capitalize else word)
-    return sorted(words)
+@dataclass(frozen=True)
+class MadeUpWords:
+    """Pronounceable made-up words: syllables, then an optional suffix (cities)."""
+
+    syllables: int = 2
+    suffixes: tuple[str, ...] = ()
+    capitalize: bool = True
+
+    def draw(self, rng: random.Random) -> str:
+        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(self.syllables, self.syllables + 1)))
+        if self.suffixes:
+            word += rng.choice(self.suffixes)
+        return word.capitalize() if self.capitalize else word
+
+    def pool(self, count: int, seed: str) -> list[str]:
+        """``count`` distinct words, the same for the same seed."""
+        rng = random.Random(seed)
+        words: set[str] = set()
+        while len(words) < count:
+            words.add(self.draw(rng))
+        return sorted(words)
+
+    def fresh_training_word(self, rng: random.Random) -> str:
+        """A new word from the training side of the split (never one the held-out split may use)."""
+        while True:
+            word = self.draw(rng)
+            if not _in_heldout(word):
+                return word
 
 
 def _split_values(values: Iterable[str]) -> dict[str, list[str]]:
@@ -180,9 +200,14 @@ class Slot:
     acknowledgement: str
     answer: str
     values: dict[str, list[str]] = field(repr=False)
+    made_up: MadeUpWords | None = None
+    fresh_share: float = 0.0
 
     def sample(self, split: str, rng: random.Random) -> dict[str, str]:
-        value = rng.choice(self.values[split])
+        if split == "train" and self.made_up and self.fresh_share and rng.random() < self.fresh_share:
+            value = self.made_up.fresh_training_word(rng)
+        else:
+            value = rng.choice(self.values[split])
         fields = {"v": value, "a": _article(value)}
         if self.name == "pet":
             fields["kind"] = rng.choice(PET_KINDS)
@@ -340,27 +365,33 @@ def _slot_templates(nouns: list[str], extra: list[str], cores: list[str]) -> tup
     return _split_templates(statements), _split_templates(_questions(nouns) + extra)
 
 
-def build_slots(made_up_values: bool = True) -> dict[str, Slot]:
+def build_slots(made_up_values: bool = True, fresh_values: bool = False) -> dict[str, Slot]:
     """The fact slots with their per-split value pools and phrasing templates.
 
     ``made_up_values=False`` leaves jobs, colors and foods to the real words (the pools the
-    first segments of the demo model were trained on).
+    first segments of the demo model were trained on). ``fresh_values=True`` makes half of the
+    training split's names, cities, pet names, jobs, colors and foods made-up words drawn anew
+    each time: a model cannot learn that many values by heart, so it learns to copy them.
     """
-    values = {
-        "name": FIRST_NAMES + _synthetic_words(1500, "names"),
-        "city": CITIES + _synthetic_words(1000, "cities", syllables=1, suffixes=CITY_SUFFIXES),
-        "pet": PET_NAMES + _synthetic_words(800, "pets", syllables=1),
+    names, cities, pets = MadeUpWords(), MadeUpWords(1, tuple(CITY_SUFFIXES)), MadeUpWords(1)
+    lowercase = MadeUpWords(capitalize=False)
+    words = {
+        "name": (FIRST_NAMES, names, names.pool(1500, "names")),
+        "city": (CITIES, cities, cities.pool(1000, "cities")),
+        "pet": (PET_NAMES, pets, pets.pool(800, "pets")),
         # Made-up words next to the real ones: with only a few dozen real colors a small model
         # learns to name a color it knows instead of copying the one it was told.
-        "job": JOBS + (_synthetic_words(300, "jobs", capitalize=False) if made_up_values else []),
-        "color": COLORS + (_synthetic_words(200, "colors", capitalize=False) if made_up_values else []),
-        "food": FOODS + (_synthetic_words(300, "foods", capitalize=False) if made_up_values else []),
-        "number": _numbers(),
+        "job": (JOBS, lowercase, lowercase.pool(300, "jobs") if made_up_values else []),
+        "color": (COLORS, lowercase, lowercase.pool(200, "colors") if made_up_values else []),
+        "food": (FOODS, lowercase, lowercase.pool(300, "foods") if made_up_values else []),
+        "number": (_numbers(), None, []),
     }
     slots = {}
     for name, (nouns, extra, cores, ack, answer) in SLOT_PHRASES.items():
         statements, questions = _slot_templates(nouns, extra, cores)
-        slots[name] = Slot(name, statements, questions, ack, answer, _split_values(values[name]))
+        real, made_up, pool = words[name]
+        fresh = 0.5 if fresh_values and made_up and pool else 0.0
+        slots[name] = Slot(name, statements, questions, ack, answer, _split_values(real + pool), made_up, fresh)
     return slots
 
 
@@ -459,10 +490,11 @@ def generate_conversations(
     max_turns: int = 10,
     max_facts: int = 4,
     made_up_values: bool = True,
+    fresh_values: bool = False,
 ) -> list[Conversation]:
     """``count`` reproducible conversations of ``split`` (same arguments, same conversations)."""
     rng = random.Random(f"rxt-dialogue:{split}:{seed}")
-    slots = build_slots(made_up_values)
+    slots = build_slots(made_up_values, fresh_values)
     return [generate_conversation(rng, split, slots, min_turns, max_turns, max_facts) for _ in range(count)]
 
 

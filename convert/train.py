@@ -75,7 +75,8 @@ class TrainConfig:
     ``linear`` (sigmoid of a linear map over slots of a learned ``Linear(D, 1)`` slot status, so
     a slot decides from its content whether to keep its data or take the new), with bias or
     scale ``memory_gate_init``. ``made_up_values``: add made-up words to the job, color and
-    food values (see :func:`rxt_convert.data.build_slots`).
+    food values; ``fresh_values``: draw half of the training values as new made-up words each time
+    (see :func:`rxt_convert.data.build_slots`).
     """
 
     seed: int = 0
@@ -96,6 +97,7 @@ class TrainConfig:
     max_turns: int = 10
     max_facts: int = 4
     made_up_values: bool = True
+    fresh_values: bool = False
     truncate: int | None = None
     stm_init: str = "random"
     curriculum_steps: int = 0
@@ -228,7 +230,7 @@ class ConversationSource:
     def __init__(self, config: TrainConfig, conversations: list[data.Conversation] | None = None):
         self.config = config
         self.conversations = conversations
-        self.slots = data.build_slots(config.made_up_values)
+        self.slots = data.build_slots(config.made_up_values, config.fresh_values)
 
     def batch(self, stage: str, step: int, rank: int, count: int) -> list[data.Conversation]:
         rng = random.Random(f"{self.config.seed}:{stage}:{step}:{rank}")

@@ -121,3 +121,19 @@ def test_template_lines_cut_out_every_entity_value():
         for line in lines[1 + 2 * index : 3 + 2 * index]:
             assert not any(re.search(rf"(?<![\w]){re.escape(v)}(?![\w])", line) for v in turn.values), line
     assert any(line == "Your name is  ." for line in lines)
+
+
+def test_fresh_training_values_are_new_words_never_heldout():
+    slots = data.build_slots()
+    pools = {name: set(slot.values["train"]) for name, slot in slots.items()}
+    heldout = {v for slot in slots.values() for v in slot.values["heldout"]}
+    conversations = data.generate_conversations(400, "train", seed=8, fresh_values=True)
+    assert conversations == data.generate_conversations(400, "train", seed=8, fresh_values=True)
+    stated = [t for c in conversations for t in c.turns if t.kind == "statement" and t.slot != "number"]
+    fresh = [t for t in stated if t.values[-1] not in pools[t.slot]]
+    assert 0.3 < len(fresh) / len(stated) < 0.6
+    assert not {t.values[-1] for t in stated} & heldout
+    assert len({t.values[-1] for t in fresh}) > 0.95 * len(fresh)
+    # without fresh values the same seed draws only from the fixed lists
+    plain = data.generate_conversations(400, "train", seed=8)
+    assert all(t.values[-1] in pools[t.slot] for c in plain for t in c.turns if t.kind == "statement")
