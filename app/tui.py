@@ -120,6 +120,7 @@ class ChatApp(App[None]):
         self.states: dict[str, ConversationState] = {}
         self.current: Conversation | None = None
         self.quitting = False
+        self.closing = False  # exit() called: the screen may be torn down under late worker events
         self.chosen_turn: int | None = None
 
     def compose(self) -> ComposeResult:
@@ -270,6 +271,8 @@ class ChatApp(App[None]):
 
     def update_chrome(self) -> None:
         """Refresh the notice banner, input state, status line and memory panel."""
+        if self.closing:
+            return
         notice = self.query_one("#notice", Static)
         prompt = self.query_one("#prompt", Input)
         state = self.state(self.current.id) if self.current else ConversationState()
@@ -348,7 +351,12 @@ class ChatApp(App[None]):
         if not isinstance(event, TokenText):
             self.update_chrome()
         if self.quitting and not self.has_live_turns():
-            self.exit()
+            self.shut_down()
+
+    def shut_down(self) -> None:
+        """exit(), remembering that late worker events must not touch the torn-down screen."""
+        self.closing = True
+        self.exit()
 
     def has_live_turns(self) -> bool:
         """Whether any turn is queued, generating or updating memory."""
@@ -623,7 +631,7 @@ class ChatApp(App[None]):
 
     async def action_quit(self) -> None:
         if self.quitting or not self.has_live_turns():
-            self.exit()
+            self.shut_down()
             return
         self.quitting = True
         for conversation_id, turns in self.worker.drop_queued().items():
@@ -632,7 +640,7 @@ class ChatApp(App[None]):
         self.worker.stop()
         self.update_chrome()
         if not self.has_live_turns():
-            self.exit()
+            self.shut_down()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -4,6 +4,8 @@ Everything the recall tests say comes from the held-out split: values and phrasi
 occur in the demo's training data (see rxt_convert.data), played greedily through Session.
 """
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,16 @@ def test_demo_recall_comes_from_memory(demo):
     assert questions >= 30
     assert carried / questions >= 0.95, f"{carried} of {questions} recalled"
     assert ablated / questions <= chance / questions + 0.10, f"{ablated} of {questions} without memory"
+
+
+def test_rxt_chat_defaults_to_the_demo_and_remembers_across_restarts(tmp_path):
+    """``rxt-chat --plain`` with no --model: a fact told in one process is recalled by the next."""
+
+    def chat(stdin):
+        command = [sys.executable, "-m", "rxt_app.cli", "--plain", "--stm", str(tmp_path / "chat.stm")]
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, encoding="utf-8", timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert chat(f"Also, call me {NAME}.\nHow are you?\n") == f"Nice to meet you, {NAME}.\nI am fine, thank you.\n"
+    assert chat("Which name did I tell you?\n") == f"Your name is {NAME}.\n"
