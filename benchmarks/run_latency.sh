@@ -7,7 +7,7 @@
 # MODEL_DIR defaults to a dense D=256, 6-layer RxT with random weights written by
 # benchmarks/make_bench_model.py (timing does not depend on the weights). Environment: PYTHON
 # (default .venv/bin/python), OUT (default benchmarks/results), TURNS (32), QUERY (32), ANSWER (32),
-# REPEATS (timings per turn, best kept; 3). The bundled demo model has seq_len 64: use QUERY=16 ANSWER=16.
+# REPEATS (timings per turn, best kept; 3). The bundled demo model has seq_len 48: use QUERY=16 ANSWER=16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}

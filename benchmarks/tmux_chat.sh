@@ -36,7 +36,7 @@ tmux -L "$socket" new-session -d -s chat -x 120 -y 34 \
     "TERM=xterm-256color .venv/bin/rxt-chat --model '$model' --data-dir '$work/data' --max-tokens 24"
 wait_for "memory: ready"
 turn=0
-for message in "Hi, I'm Ann." "My favourite color is blue." "What is my name?"; do
+for message in "My name is Ann." "My favourite color is blue." "What is my name?"; do
     turn=$((turn + 1))
     tmux -L "$socket" send-keys -t chat -l "$message"
     tmux -L "$socket" send-keys -t chat Enter
