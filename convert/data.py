@@ -555,19 +555,11 @@ def save_jsonl(conversations: Iterable[Conversation], path: str | Path) -> None:
             handle.write(json.dumps(conversation.to_dict()) + "\n")
 
 
-def corpus_lines(conversations: Iterable[Conversation]) -> Iterator[str]:
-    """Every query and answer, one per line (tokenizer training text)."""
-    for conversation in conversations:
-        for turn in conversation.turns:
-            yield turn.query
-            yield turn.answer
-
-
 ALPHABET = "".join(chr(c) for c in range(ord("A"), ord("Z") + 1)) + "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def template_lines(conversations: Iterable[Conversation]) -> Iterator[str]:
-    """:func:`corpus_lines` with the entity values cut out, plus the alphabet.
+    """Tokenizer training text: every query and answer with the entity values cut out, plus the alphabet.
 
     A tokenizer trained on this never merges the letters of a value into a piece of its own:
     every name, city or food is spelled in the same short pieces, whether the model met it
