@@ -176,6 +176,45 @@ class MadeUpWords:
                 return word
 
 
+@dataclass(frozen=True)
+class LetterChain:
+    """Made-up words spelled like real ones: an order-2 letter model of real words.
+
+    Syllable words never have "ph", "ch" or "sh" and seldom a doubled letter; a model trained
+    to copy only those miscopied real held-out words ("sapphire" -> "sappren", "Ines" ->
+    "Innes"), so some fresh values are spelled like these.
+    """
+
+    followers: dict[str, tuple[str, ...]]
+    min_length: int = 3
+    max_length: int = 10
+
+    @classmethod
+    def fit(cls, words: Iterable[str]) -> LetterChain:
+        followers: dict[str, list[str]] = {}
+        for word in words:
+            padded = "^^" + word.lower() + "$"
+            for i in range(len(padded) - 2):
+                followers.setdefault(padded[i : i + 2], []).append(padded[i + 2])
+        return cls({context: tuple(options) for context, options in followers.items()})
+
+    def draw(self, rng: random.Random) -> str:
+        while True:
+            word = "^^"
+            while not word.endswith("$") and len(word) <= self.max_length + 2:
+                word += rng.choice(self.followers[word[-2:]])
+            word = word[2:].rstrip("$")
+            if self.min_length <= len(word) <= self.max_length:
+                return word
+
+    def fresh_training_word(self, rng: random.Random, capitalize: bool) -> str:
+        """A new word, held out in no casing (real words recur across slots: Olive, olive)."""
+        while True:
+            word = self.draw(rng)
+            if not (_in_heldout(word) or _in_heldout(word.capitalize())):
+                return word.capitalize() if capitalize else word
+
+
 def _split_values(values: Iterable[str]) -> dict[str, list[str]]:
     unique = sorted(set(values))
     heldout = [v for v in unique if _in_heldout(v)]
@@ -202,10 +241,15 @@ class Slot:
     values: dict[str, list[str]] = field(repr=False)
     made_up: MadeUpWords | None = None
     fresh_share: float = 0.0
+    letters: LetterChain | None = None
+    letter_share: float = 0.0
 
     def sample(self, split: str, rng: random.Random) -> dict[str, str]:
         if split == "train" and self.made_up and self.fresh_share and rng.random() < self.fresh_share:
-            value = self.made_up.fresh_training_word(rng)
+            if self.letters and self.letter_share and rng.random() < self.letter_share:
+                value = self.letters.fresh_training_word(rng, self.made_up.capitalize)
+            else:
+                value = self.made_up.fresh_training_word(rng)
         else:
             value = rng.choice(self.values[split])
         fields = {"v": value, "a": _article(value)}
@@ -365,13 +409,15 @@ def _slot_templates(nouns: list[str], extra: list[str], cores: list[str]) -> tup
     return _split_templates(statements), _split_templates(_questions(nouns) + extra)
 
 
-def build_slots(made_up_values: bool = True, fresh_values: bool = False) -> dict[str, Slot]:
+def build_slots(made_up_values: bool = True, fresh_values: bool = False, fresh_letters: float = 0.0) -> dict[str, Slot]:
     """The fact slots with their per-split value pools and phrasing templates.
 
     ``made_up_values=False`` leaves jobs, colors and foods to the real words (the pools the
     first segments of the demo model were trained on). ``fresh_values=True`` makes half of the
     training split's names, cities, pet names, jobs, colors and foods made-up words drawn anew
     each time: a model cannot learn that many values by heart, so it learns to copy them.
+    ``fresh_letters`` of those fresh words are spelled by a :class:`LetterChain` of the
+    training split's real words instead of from syllables.
     """
     names, cities, pets = MadeUpWords(), MadeUpWords(1, tuple(CITY_SUFFIXES)), MadeUpWords(1)
     lowercase = MadeUpWords(capitalize=False)
@@ -386,12 +432,15 @@ def build_slots(made_up_values: bool = True, fresh_values: bool = False) -> dict
         "food": (FOODS, lowercase, lowercase.pool(300, "foods") if made_up_values else []),
         "number": (_numbers(), None, []),
     }
+    real_training_words = [w for name in words if name != "number" for w in _split_values(words[name][0])["train"]]
+    letters = LetterChain.fit(real_training_words) if fresh_letters else None
     slots = {}
     for name, (nouns, extra, cores, ack, answer) in SLOT_PHRASES.items():
         statements, questions = _slot_templates(nouns, extra, cores)
         real, made_up, pool = words[name]
         fresh = 0.5 if fresh_values and made_up and pool else 0.0
-        slots[name] = Slot(name, statements, questions, ack, answer, _split_values(real + pool), made_up, fresh)
+        values = _split_values(real + pool)
+        slots[name] = Slot(name, statements, questions, ack, answer, values, made_up, fresh, letters, fresh_letters)
     return slots
 
 
@@ -491,10 +540,11 @@ def generate_conversations(
     max_facts: int = 4,
     made_up_values: bool = True,
     fresh_values: bool = False,
+    fresh_letters: float = 0.0,
 ) -> list[Conversation]:
     """``count`` reproducible conversations of ``split`` (same arguments, same conversations)."""
     rng = random.Random(f"rxt-dialogue:{split}:{seed}")
-    slots = build_slots(made_up_values, fresh_values)
+    slots = build_slots(made_up_values, fresh_values, fresh_letters)
     return [generate_conversation(rng, split, slots, min_turns, max_turns, max_facts) for _ in range(count)]
 
 

@@ -76,7 +76,8 @@ class TrainConfig:
     a slot decides from its content whether to keep its data or take the new), with bias or
     scale ``memory_gate_init``. ``made_up_values``: add made-up words to the job, color and
     food values; ``fresh_values``: draw half of the training values as new made-up words each time
-    (see :func:`rxt_convert.data.build_slots`).
+    (see :func:`rxt_convert.data.build_slots`); ``fresh_letters``: the share of those spelled
+    like real words (doubled letters, "ph", "ch") rather than from syllables.
     """
 
     seed: int = 0
@@ -98,6 +99,7 @@ class TrainConfig:
     max_facts: int = 4
     made_up_values: bool = True
     fresh_values: bool = False
+    fresh_letters: float = 0.0
     truncate: int | None = None
     stm_init: str = "random"
     curriculum_steps: int = 0
@@ -230,7 +232,7 @@ class ConversationSource:
     def __init__(self, config: TrainConfig, conversations: list[data.Conversation] | None = None):
         self.config = config
         self.conversations = conversations
-        self.slots = data.build_slots(config.made_up_values, config.fresh_values)
+        self.slots = data.build_slots(config.made_up_values, config.fresh_values, config.fresh_letters)
 
     def batch(self, stage: str, step: int, rank: int, count: int) -> list[data.Conversation]:
         rng = random.Random(f"{self.config.seed}:{stage}:{step}:{rank}")

@@ -137,3 +137,29 @@ def test_fresh_training_values_are_new_words_never_heldout():
     # without fresh values the same seed draws only from the fixed lists
     plain = data.generate_conversations(400, "train", seed=8)
     assert all(t.values[-1] in pools[t.slot] for c in plain for t in c.turns if t.kind == "statement")
+
+
+def test_fresh_letter_values_are_spelled_like_real_words_and_never_heldout():
+    slots = data.build_slots()
+    pools = {name: set(slot.values["train"]) for name, slot in slots.items()}
+    heldout = {v.lower() for slot in slots.values() for v in slot.values["heldout"]}
+    syllable_only = data.generate_conversations(300, "train", seed=9, fresh_values=True)
+    conversations = data.generate_conversations(300, "train", seed=9, fresh_values=True, fresh_letters=1.0)
+    assert conversations == data.generate_conversations(300, "train", seed=9, fresh_values=True, fresh_letters=1.0)
+
+    def fresh_words(convs):
+        stated = [t for c in convs for t in c.turns if t.kind == "statement" and t.slot != "number"]
+        return [t.values[-1] for t in stated if t.values[-1] not in pools[t.slot]]
+
+    words = fresh_words(conversations)
+    assert len(words) > 300
+    assert not {w.lower() for w in words} & heldout  # held out in no casing
+    assert all(3 <= len(w) <= 10 for w in words)
+    # letter pairs that syllable words never have, and doubled letters, twice as often as there
+    assert not any(re.search("ph|ch|ck|sh", w.lower()) for w in fresh_words(syllable_only))
+    assert sum(bool(re.search("ph|ch|ck|sh", w.lower())) for w in words) > 0.05 * len(words)
+
+    def doubled(ws):
+        return sum(bool(re.search(r"([a-z])\1", w.lower())) for w in ws) / len(ws)
+
+    assert doubled(words) > 2 * doubled(fresh_words(syllable_only))
