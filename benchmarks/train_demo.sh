@@ -25,8 +25,12 @@ start=$(date +%s)
 #    (with fixed value lists the model learned them by heart and miscopied unseen ones)
 "$BIN/rxt-train" --config configs/demo_fresh.json --out "$RUN/5-fresh" \
     --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/4-smat/checkpoint.pt" --start-stage smat
+# 6. the same, with 70% of the fresh words spelled like real words (doubled letters, ph, ch...):
+#    syllable words alone left real held-out words miscopied ("sapphire" -> "sappren")
+"$BIN/rxt-train" --config configs/demo_letters.json --out "$RUN/6-letters" \
+    --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/5-fresh/checkpoint.pt" --start-stage smat
 echo "training wall time: $(( $(date +%s) - start )) s"
-"$BIN/rxt-convert" "$RUN/5-fresh/rxlm" "$RUN/mlx"
+"$BIN/rxt-convert" "$RUN/6-letters/rxlm" "$RUN/mlx"
 "$BIN/rxt-eval" --model "$RUN/mlx" --split heldout --conversations 500 --json "$RUN/eval-heldout.json"
 "$BIN/rxt-eval" --model "$RUN/mlx" --split train --conversations 200 --json "$RUN/eval-train.json"
 cp "$RUN/mlx/config.json" "$RUN/mlx/model.safetensors" "$RUN/mlx/tokenizer.model" rxt_mlx/demo/
