@@ -2,7 +2,7 @@
 # Issue 7's comparison: the demo model at fp32 / bf16 / 8-bit / 4-bit — folder size, rxt-eval
 # recall and perplexity, rxt-bench decode tokens/s. Needs the demo's rxlm export (benchmarks/train_demo.sh).
 #
-#   benchmarks/quantized_demo.sh RUN_DIR/5-fresh/rxlm [OUT_DIR]
+#   benchmarks/quantized_demo.sh RUN_DIR/6-letters/rxlm [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
