@@ -432,8 +432,13 @@ def build_slots(made_up_values: bool = True, fresh_values: bool = False, fresh_l
         "food": (FOODS, lowercase, lowercase.pool(300, "foods") if made_up_values else []),
         "number": (_numbers(), None, []),
     }
-    real_training_words = [w for name in words if name != "number" for w in _split_values(words[name][0])["train"]]
-    letters = LetterChain.fit(real_training_words) if fresh_letters else None
+    letters = None
+    if fresh_letters:
+        # per slot, so a word in two lists (Bella, Sofia) counts twice
+        real_words = (
+            w for name, (real, _, _) in words.items() if name != "number" for w in _split_values(real)["train"]
+        )
+        letters = LetterChain.fit(real_words)
     slots = {}
     for name, (nouns, extra, cores, ack, answer) in SLOT_PHRASES.items():
         statements, questions = _slot_templates(nouns, extra, cores)
