@@ -31,6 +31,6 @@ start=$(date +%s)
     --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/5-fresh/checkpoint.pt" --start-stage smat
 echo "training wall time: $(( $(date +%s) - start )) s"
 "$BIN/rxt-convert" "$RUN/6-letters/rxlm" "$RUN/mlx"
-"$BIN/rxt-eval" --model "$RUN/mlx" --split heldout --conversations 500 --json "$RUN/eval-heldout.json"
+"$BIN/rxt-eval" --model "$RUN/mlx" --split heldout --conversations 400 --json "$RUN/eval-heldout.json"
 "$BIN/rxt-eval" --model "$RUN/mlx" --split train --conversations 200 --json "$RUN/eval-train.json"
 cp "$RUN/mlx/config.json" "$RUN/mlx/model.safetensors" "$RUN/mlx/tokenizer.model" rxt_mlx/demo/
