@@ -246,7 +246,7 @@ class Slot:
 
     def sample(self, split: str, rng: random.Random) -> dict[str, str]:
         if split == "train" and self.made_up and self.fresh_share and rng.random() < self.fresh_share:
-            if self.letters and self.letter_share and rng.random() < self.letter_share:
+            if self.letters and rng.random() < self.letter_share:
                 value = self.letters.fresh_training_word(rng, self.made_up.capitalize)
             else:
                 value = self.made_up.fresh_training_word(rng)
