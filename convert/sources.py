@@ -239,7 +239,7 @@ def read_component_folders(decoder: Path, encoder: Path, memory_attention: Path,
 
 
 def infer_variant(store: TensorStore, memory_attention_config: dict[str, Any]) -> str:
-    """Tell the memory-attention variant from the component's weight names (spec §3.1)."""
+    """Tell the memory-attention variant from the component's weight names (docs/architecture.md §rxlm names)."""
     prefix = "memory_attention."
     names = [key[len(prefix) :] for key in store if key.startswith(prefix)]
     try:

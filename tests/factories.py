@@ -96,9 +96,10 @@ def alpha_config() -> RxTConfig:
 
 
 def beta_config() -> RxTConfig:
-    """RxT-Beta style (spec §3.1): gated self-attention, no out bias, stateless dense+moe and
-    final moe layers, MoE with 2 shared experts and global biases, RMS head norm, rope base
-    1e5, grouped self-interlayer memory attention with per-slot sigmoid elementwise gates."""
+    """RxT-Beta style (docs/architecture.md §Published configs): gated self-attention, no out
+    bias, stateless dense+moe and final moe layers, MoE with 2 shared experts and global biases,
+    RMS head norm, rope base 1e5, grouped self-interlayer memory attention with per-slot sigmoid
+    elementwise gates."""
     return tiny_config(
         embed_dim=64,
         num_layers=4,

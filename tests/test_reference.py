@@ -1,4 +1,4 @@
-"""The PyTorch reference RxT: rxlm key layout (spec §3.1), math checked against naive loops."""
+"""The PyTorch reference RxT: rxlm key layout (docs/architecture.md §rxlm names), math checked against naive loops."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rxt_convert.reference.checkpoint import legacy_moe_state_dict, load_referen
 from rxt_convert.reference.feedforward import MoeFeedForward
 from rxt_convert.reference.layers import Attention, KVCache, RotaryPositionalEmbedding
 from rxt_convert.reference.memory_attention import ResidualGate
-from rxt_convert.reference.testing import randomize_, spec_tiny_config
+from rxt_convert.reference.testing import randomize_, tiny_beta_config
 from safetensors import safe_open
 
 from rxt_mlx.config import MemoryAttentionConfig, TransformerConfig, attention_shape
@@ -31,12 +31,12 @@ def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 def random_model(variant: str = "grouped-self-interlayer", seed: int = 0, **overrides) -> RxTReference:
     torch.manual_seed(seed)
-    model = RxTReference(spec_tiny_config(variant, **overrides))
+    model = RxTReference(tiny_beta_config(variant, **overrides))
     return randomize_(model, generator(seed)).eval()
 
 
 # ----------------------------------------------------------------------------------------------
-# Key layout (spec §3.1)
+# Key layout (docs/architecture.md §rxlm names)
 
 ROPE = {"rope.inv_freq": (4,), "rope.cache": (64, 4)}
 DECODER_SELF = {
@@ -131,8 +131,8 @@ def expected_memory_attention_keys(variant: str) -> dict[str, tuple[int, ...]]:
     return keys
 
 
-def test_decoder_and_encoder_keys_match_spec():
-    model = RxTReference(spec_tiny_config())
+def test_decoder_and_encoder_keys_match_rxlm():
+    model = RxTReference(tiny_beta_config())
     assert shapes(model.decoder) == expected_decoder_keys()
     assert len(model.decoder.state_dict()) == 152
     assert shapes(model.encoder) == expected_encoder_keys()
@@ -140,15 +140,15 @@ def test_decoder_and_encoder_keys_match_spec():
 
 
 @pytest.mark.parametrize("variant", ["simple", "self", "interlayer", "self-interlayer", "grouped-self-interlayer"])
-def test_memory_attention_keys_match_spec(variant):
-    model = RxTMemoryAttention(spec_tiny_config(variant).memory_attention, variant)
+def test_memory_attention_keys_match_rxlm(variant):
+    model = RxTMemoryAttention(tiny_beta_config(variant).memory_attention, variant)
     assert shapes(model) == expected_memory_attention_keys(variant)
     if variant == "grouped-self-interlayer":
         assert len(model.state_dict()) == 74
 
 
 def test_full_model_shares_embedding_and_stm():
-    model = RxTReference(spec_tiny_config())
+    model = RxTReference(tiny_beta_config())
     state = model.state_dict()
     assert model.decoder.model.embedding.weight is model.encoder.model.embedding.weight
     assert model.decoder.model.stm is model.memory_attention.model.stm
@@ -158,7 +158,7 @@ def test_full_model_shares_embedding_and_stm():
 
 
 def test_legacy_defaults_add_bias_and_shared_expert_keys():
-    config = spec_tiny_config(
+    config = tiny_beta_config(
         decoder={"use_attention_output_bias": True, "num_shared_experts": 1, "moe_shared_experts_bias_mode": "local"},
         encoder={"skip_memory_cross_attention": False},
     )
@@ -302,7 +302,7 @@ def moe_config(**overrides) -> TransformerConfig:
 
 
 def naive_moe(module: MoeFeedForward, x: torch.Tensor) -> torch.Tensor:
-    """Token by token, straight from the spec's formulas."""
+    """Token by token, straight from the formulas (docs/architecture.md §Feed-forward and MoE)."""
     hidden = module.hidden_dim
 
     def gated(token, w1, w2, b1, b2):
@@ -437,7 +437,7 @@ def test_residual_gate_formulas(tanh):
 
 
 def naive_memory_attention(model: RxTMemoryAttention, stm, hidden, groups=1):
-    """Spec §2.4 table, layer by layer from the modules' pieces."""
+    """The variants table of docs/architecture.md §Memory attention, layer by layer from the modules' pieces."""
     m = model.model
     layers = stm.shape[0]
     size = layers // groups
@@ -550,7 +550,7 @@ def test_generate_turn_forced_and_greedy_tokens_follow_the_logits():
 
 def test_training_steps_reduce_the_loss():
     torch.manual_seed(0)
-    model = RxTReference(spec_tiny_config())
+    model = RxTReference(tiny_beta_config())
     ids = torch.randint(6, 300, (4, 16), generator=generator(22))
     stm = model.initial_stm(4, generator(23))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -675,7 +675,7 @@ def test_load_reference_from_training_checkpoint_and_errors(tmp_path):
 
 
 def test_decoder_component_alone():
-    decoder = RxTDecoder(spec_tiny_config().decoder)
+    decoder = RxTDecoder(tiny_beta_config().decoder)
     ids = torch.randint(0, 300, (1, 4))
     with torch.no_grad():
         assert decoder(ids).shape == (1, 4, 300)

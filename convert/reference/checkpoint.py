@@ -2,7 +2,8 @@
 
 ``save_rxlm`` mimics rxlm's ``save_pretrained`` (``PyTorchModelHubMixin``): ``config.json`` holds
 the constructor kwargs and ``model.safetensors`` is written by ``safetensors.torch.save_model``,
-which stores tensors sharing storage once under their alphabetically first name (spec §3.3):
+which stores tensors sharing storage once under their alphabetically first name
+(docs/architecture.md §rxlm names):
 the shared embedding as ``decoder.model.embedding.weight``, the shared STM as
 ``decoder.model.stm.memory``, RoPE buffers once per component.
 """
@@ -210,7 +211,7 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], where: str) ->
 
 
 def detect_variant(keys, config: dict[str, Any]) -> str:
-    """Memory-attention variant of a component checkpoint from its ``model.*`` keys (spec §3.1).
+    """Memory-attention variant of a component checkpoint from its ``model.*`` keys (docs/architecture.md §rxlm names).
 
     ``config`` is the component's config dict: ``num_groups`` marks the grouped variant, and an
     ungated checkpoint with interlayer weights is ambiguous (interlayer and self-interlayer then

@@ -1,4 +1,6 @@
-"""Feed-forward blocks: gated FFN (SwiGLU), plain FFN and the MoE (spec §2.1).
+"""Feed-forward blocks: gated FFN (SwiGLU), plain FFN and the MoE.
+
+The math and names are in docs/architecture.md §Feed-forward and MoE.
 
 MoE layouts:
 * vectorized (rxlm >= 0.3.10): ``w1 (E, D, 2F)``, ``w2 (E, F, D)`` input-major, biases per
@@ -6,7 +8,7 @@ MoE layouts:
 * legacy ModuleList (``use_vectorized_moe=False``): ``experts.{e}.fc1.linear`` and
   ``experts.{e}.fc2`` with biases, i.e. the vectorized math with local biases.
 
-Choices where the spec leaves the rxlm code path open (documented for the MLX port):
+Choices where rxlm's code path is open (documented for the MLX port):
 * one shared expert with ``moe_shared_experts_bias_mode='global'`` also gets a
   ``shared_experts_bias (D)`` added to its output (like the several-shared-experts case);
 * with ``moe_use_weighted_shared_experts`` the routed output *including* ``global_bias`` is

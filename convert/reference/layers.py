@@ -1,8 +1,8 @@
 """Building blocks shared by every component: norms, activations, RoPE, attention, KV cache.
 
-Math and parameter names follow rxlm 0.3.80 (spec §2.1): ``q_proj``/``k_proj``/``v_proj``
-without bias, ``out_proj`` (bias optional), ``gate_proj`` for gated attention and one
-interleaved (GPT-J) RoPE module shared by all attentions of a component.
+Math and parameter names follow rxlm 0.3.80 (docs/architecture.md §Attention, §RoPE):
+``q_proj``/``k_proj``/``v_proj`` without bias, ``out_proj`` (bias optional), ``gate_proj`` for
+gated attention and one interleaved (GPT-J) RoPE module shared by all attentions of a component.
 """
 
 from __future__ import annotations

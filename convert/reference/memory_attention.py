@@ -1,10 +1,12 @@
-"""Memory attention: the five rxlm variants and the residual gate (spec §2.4).
+"""Memory attention: the five rxlm variants and the residual gate.
+
+The math and names are in docs/architecture.md §Memory attention.
 
 Every layer's new state is computed from STM_{t-1} and all layers are returned together.
-``interlayer`` is the true interlayer variant of the spec's table (not what rxlm 0.3.80
+``interlayer`` is the true interlayer variant of the paper (not what rxlm 0.3.80
 builds for that name).
 
-Choices where the spec leaves the rxlm code path open (documented for the MLX port):
+Choices where rxlm's code path is open (documented for the MLX port):
 * ``residual_gate_slot_status_type='linear'`` (``slot_status: Linear(D, 1)``) only changes
   the ``linear`` gate type; ``elementwise`` always uses the mean over D;
 * ``disable_residual`` (simple variant only) keeps the gate parameters, unused.

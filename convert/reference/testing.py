@@ -65,14 +65,18 @@ def randomize_(model: nn.Module, generator: torch.Generator | None = None) -> nn
     return model
 
 
-def spec_tiny_config(
+def tiny_beta_config(
     variant: str = "grouped-self-interlayer",
     *,
     decoder: dict | None = None,
     encoder: dict | None = None,
     memory_attention: dict | None = None,
 ) -> RxTConfig:
-    """The tiny RxT-Beta-like config of spec §3.1 (D=64, 4 layers, SQA, MoE, V=300, S=16).
+    """A tiny config shaped like RxT-Beta (D=64, 4 layers, SQA, MoE, V=300, S=16).
+
+    It has every kind of layer of the published RxT-Beta (docs/architecture.md §Published
+    configs): stateless dense and MoE layers, shared experts, gated attention, grouped memory
+    attention.
 
     ``decoder`` / ``encoder`` / ``memory_attention`` override config.json fields.
     """

@@ -1,4 +1,4 @@
-"""Decoder and encoder (spec §2.2, §2.3) with rxlm's module tree under ``.model``."""
+"""Decoder and encoder (docs/architecture.md §Decoder, §Encoder) with rxlm's module tree under ``.model``."""
 
 from __future__ import annotations
 
