@@ -1,4 +1,4 @@
-"""Turn a checkpoint's tensors into the canonical rxlm state (see the interface contract).
+"""Turn a checkpoint's tensors into the canonical rxlm state (docs/architecture.md §The canonical state).
 
 Canonical state: a flat dict of full-model rxlm key -> numpy array, with the vectorized MoE
 layout (``w1 (E, D, 2F)``, ``w2 (E, F, D)``, ``b1``, ``b2``), no RoPE or STM buffers, and the
@@ -187,7 +187,8 @@ def expected_shapes(config: RxTConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
-# (pattern, missing?, setting hint): config settings that older checkpoints lack (spec §4.3, §6.8).
+# (pattern, missing?, setting hint): config settings that older checkpoints lack (docs/architecture.md
+# §Published configs).
 _HINTS = (
     (r"\.ff\.(shared_expert\.|shared_w)", True, "num_shared_experts: 0 (checkpoints before rxlm 0.3.5 have none)"),
     (r"\.ff\.(shared_expert\.|shared_w)", False, "num_shared_experts matching the checkpoint"),
