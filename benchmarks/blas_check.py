@@ -24,7 +24,7 @@ def measure(sizes: list[int], seconds: float = 1.0) -> dict:
     """GFLOP/s of ``a @ b`` (n x n, fp32) per size, and the BLAS detected in this process."""
     import mlx.core as mx
 
-    from rxt_mlx.machine import blas_library
+    from rxt_mlx.bench.machine import blas_library
 
     results = {}
     for n in sizes:

@@ -33,8 +33,8 @@ import mlx.core as mx  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
 from rxt_mlx import load  # noqa: E402
-from rxt_mlx.baseline import baseline_shape, build_baseline  # noqa: E402
-from rxt_mlx.machine import machine_info  # noqa: E402
+from rxt_mlx.bench.baseline import baseline_shape, build_baseline  # noqa: E402
+from rxt_mlx.bench.machine import machine_info  # noqa: E402
 from rxt_mlx.session import Session, TokenEvent  # noqa: E402
 
 STEPS = 32

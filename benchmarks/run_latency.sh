@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The latency benchmark of the README: BLAS check, decode profile, then rxt-bench for 32 turns
-# (Q=32 query tokens, A=32 answer tokens) with the PyTorch reference, results in benchmarks/results/.
+# (Q=32 query tokens, A=32 answer tokens) with the PyTorch reference, then the targets
+# (benchmarks/check_targets.py); results in benchmarks/results/
 #
 #   benchmarks/run_latency.sh [MODEL_DIR]
 #
@@ -21,5 +22,6 @@ MODEL=${1:-${TMPDIR:-/tmp}/rxt-bench-model}
 mkdir -p "$OUT"
 "$PYTHON" benchmarks/blas_check.py --json "$OUT/blas_check.json" | tee "$OUT/blas_check.txt"
 "$PYTHON" benchmarks/profile_decode.py "$MODEL" --json "$OUT/profile.json" | tee "$OUT/profile.txt"
-"$PYTHON" -m rxt_mlx.bench --model "$MODEL" --turns "$TURNS" --query-tokens "$QUERY" --answer-tokens "$ANSWER" \
+"$PYTHON" -m rxt_mlx.bench.cli bench --model "$MODEL" --turns "$TURNS" --query-tokens "$QUERY" --answer-tokens "$ANSWER" \
   --repeats "$REPEATS" --reference --out "$OUT" --no-progress | tee "$OUT/bench.txt"
+"$PYTHON" benchmarks/check_targets.py "$OUT/latency.json" | tee "$OUT/targets.txt"

@@ -22,8 +22,8 @@ preload_optimised_blas()
 
 import rxt_mlx.decoder as decoder_module  # noqa: E402
 from rxt_mlx import load  # noqa: E402
-from rxt_mlx.baseline import StatelessChat, baseline_shape, build_baseline  # noqa: E402
-from rxt_mlx.bench import query_text  # noqa: E402
+from rxt_mlx.bench.baseline import StatelessChat, baseline_shape, build_baseline  # noqa: E402
+from rxt_mlx.bench.systems import query_text  # noqa: E402
 from rxt_mlx.session import Session, TokenEvent  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

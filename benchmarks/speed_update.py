@@ -23,7 +23,7 @@ preload_optimised_blas()
 import mlx.core as mx  # noqa: E402
 
 from rxt_mlx import load  # noqa: E402
-from rxt_mlx.bench import measure, query_text  # noqa: E402
+from rxt_mlx.bench.systems import measure, query_text  # noqa: E402
 from rxt_mlx.session import Session, TokenEvent  # noqa: E402
 
 _eager = Session._set_stm

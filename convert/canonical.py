@@ -24,13 +24,12 @@ import torch
 from tqdm import tqdm
 
 from rxt_mlx.config import RxTConfig
+from rxt_mlx.weights import BUFFERS
 
 from .sources import TensorStore
 
 EMBEDDING = "decoder.model.embedding.weight"
 ENCODER_EMBEDDING = "encoder.model.embedding.weight"
-# Buffers rxlm saves that inference rebuilds: RoPE tables and the STM (any batch size).
-DROPPED_BUFFER = re.compile(r"(^|\.)(rope\.inv_freq|rope\.cache|stm\.memory)$")
 LEGACY_EXPERT = re.compile(
     r"^(?P<ff>.+\.ff)\.experts\.(?P<expert>\d+)\.(?P<part>fc1\.linear|fc2)\.(?P<kind>weight|bias)$"
 )
@@ -97,7 +96,7 @@ def plan(store: TensorStore) -> dict[str, PlannedTensor]:
     planned: dict[str, PlannedTensor] = {}
     experts: dict[str, dict[tuple[str, str], dict[int, str]]] = {}
     for key in store:
-        if DROPPED_BUFFER.search(key) or key == ENCODER_EMBEDDING:
+        if BUFFERS.search(key) or key == ENCODER_EMBEDDING:
             continue
         match = LEGACY_EXPERT.match(key)
         if match:
@@ -183,7 +182,7 @@ def expected_shapes(config: RxTConfig) -> dict[str, tuple[int, ...]]:
     return {
         key: tuple(tensor.shape)
         for key, tensor in reference.state_dict().items()
-        if not DROPPED_BUFFER.search(key) and key != ENCODER_EMBEDDING
+        if not BUFFERS.search(key) and key != ENCODER_EMBEDDING
     }
 
 

@@ -4,7 +4,7 @@ The model is BPE with byte fallback (any text is encodable, held-out names inclu
 digits split one by one, and the RxT interaction tokens at fixed ids:
 [PAD]=0 [UNK]=1 [BOS]=2 [EOS]=3 [Q]=4 [A]=5 [T]=6 [I]=7. [Q] [A] [T] [I] are control
 symbols: they are never produced from user text, only placed by the interaction template.
-``rxt-train`` trains it on :func:`rxt_convert.data.template_lines`, the dialogue text with the
+``rxt-train`` trains it on :func:`rxt_mlx.bench.dialogues.template_lines`, the dialogue text with the
 entity values cut out: template words become whole pieces, while every name, city or number is
 spelled in short pieces, the same way whether the model saw that value in training or not,
 which is what lets the model copy a value it never saw.

@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from rxt_mlx.bench import dialogues
 from rxt_mlx.config import MemoryAttentionConfig, RxTConfig, TokenizerConfig, TransformerConfig
 
-from . import data
 from .reference import RxTReference
 from .reference.checkpoint import save_rxlm
 from .tokenizer_train import TOKENIZER_FILE, tokenizer_config, train_tokenizer
@@ -76,7 +76,7 @@ class TrainConfig:
     a slot decides from its content whether to keep its data or take the new), with bias or
     scale ``memory_gate_init``. ``made_up_values``: add made-up words to the job, color and
     food values; ``fresh_values``: draw half of the training values as new made-up words each time
-    (see :func:`rxt_convert.data.build_slots`); ``fresh_letters``: the share of those spelled
+    (see :func:`rxt_mlx.bench.dialogues.build_slots`); ``fresh_letters``: the share of those spelled
     like real words (doubled letters, "ph", "ch") rather than from syllables.
     """
 
@@ -229,18 +229,19 @@ def barrier(runtime: Runtime) -> None:
 class ConversationSource:
     """Conversations for a step: synthetic (seeded by stage, step and rank) or from a JSONL list."""
 
-    def __init__(self, config: TrainConfig, conversations: list[data.Conversation] | None = None):
+    def __init__(self, config: TrainConfig, conversations: list[dialogues.Conversation] | None = None):
         self.config = config
         self.conversations = conversations
-        self.slots = data.build_slots(config.made_up_values, config.fresh_values, config.fresh_letters)
+        self.slots = dialogues.build_slots(config.made_up_values, config.fresh_values, config.fresh_letters)
 
-    def batch(self, stage: str, step: int, rank: int, count: int) -> list[data.Conversation]:
+    def batch(self, stage: str, step: int, rank: int, count: int) -> list[dialogues.Conversation]:
         rng = random.Random(f"{self.config.seed}:{stage}:{step}:{rank}")
         if self.conversations is not None:
             return [rng.choice(self.conversations) for _ in range(count)]
         low, high = self.turn_range(stage, step)
         return [
-            data.generate_conversation(rng, "train", self.slots, low, high, self.config.max_facts) for _ in range(count)
+            dialogues.generate_conversation(rng, "train", self.slots, low, high, self.config.max_facts)
+            for _ in range(count)
         ]
 
     def turn_range(self, stage: str, step: int) -> tuple[int, int]:
@@ -501,7 +502,7 @@ def prepare_tokenizer(args, config: TrainConfig, runtime: Runtime, conversations
         if args.tokenizer:
             shutil.copy(args.tokenizer, path)
         else:
-            corpus = conversations or data.generate_conversations(
+            corpus = conversations or dialogues.generate_conversations(
                 config.tokenizer_conversations,
                 "train",
                 config.seed,
@@ -510,7 +511,7 @@ def prepare_tokenizer(args, config: TrainConfig, runtime: Runtime, conversations
                 made_up_values=config.made_up_values,
             )
             train_tokenizer(
-                data.template_lines(corpus), args.out, config.vocab_size, config.max_piece_length, config.seed
+                dialogues.template_lines(corpus), args.out, config.vocab_size, config.max_piece_length, config.seed
             )
     barrier(runtime)
     return path
@@ -521,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_config(args)
     runtime = setup_runtime(args.device, config.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    conversations = data.load_jsonl(args.data) if args.data else None
+    conversations = dialogues.load_jsonl(args.data) if args.data else None
     tokenizer_file = prepare_tokenizer(args, config, runtime, conversations)
     tokenizer = InteractionTokenizer(tokenizer_file, TokenizerConfig(**tokenizer_config()), config.seq_len)
     trainer = Trainer(config, args.out, runtime, tokenizer, ConversationSource(config, conversations))

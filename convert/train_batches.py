@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import sentencepiece as spm
 import torch
 
+from rxt_mlx.bench.dialogues import Conversation, Turn
 from rxt_mlx.config import TokenizerConfig
-
-from .data import Conversation, Turn
 
 
 class InteractionTokenizer:

@@ -2,16 +2,14 @@
 
 ``rxt_mlx.load(path)`` gives ``(model, tokenizer)``; ``rxt_mlx.Session`` runs a conversation.
 Imports are lazy so that ``rxt_mlx.config`` stays importable without MLX (the PyTorch
-reference and the converter use it).
+reference and the converter use it). On Linux the command-line entry points load an optimised
+system BLAS before MLX (:mod:`rxt_mlx.blas`); a program importing the library calls
+``rxt_mlx.blas.preload_optimised_blas()`` itself, before importing MLX, if it wants that.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from rxt_mlx.blas import preload_optimised_blas
-
-preload_optimised_blas()
 
 __all__ = ["RxT", "Session", "load", "load_model"]
 

@@ -16,9 +16,10 @@ canonical (``F`` = hidden)  MLX
 ``ff.shared_w1/w2/b1/b2``   the same into ``ff.shared_experts.*``
 =========================  ==================================================
 
-RoPE tables and STM buffers are not weights; they are dropped by name. The shared embedding
-is ``decoder.embedding.weight`` (taken from the encoder's key when that is the one present,
-which is also rxlm's rule when both are: ``share_components`` gives the decoder the encoder's).
+RoPE tables and STM buffers are not weights; they are dropped by name (:data:`BUFFERS`). The
+shared embedding is ``decoder.embedding.weight`` (taken from the encoder's key when that is the
+one present, which is also rxlm's rule when both are: ``share_components`` gives the decoder the
+encoder's). :func:`to_rxlm` is the inverse map (docs/architecture.md §Weights).
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ from collections.abc import Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+COMPONENTS = ("decoder", "encoder", "memory_attention")
+BUFFERS = re.compile(r"(^|\.)(rope\.inv_freq|rope\.cache|stm\.memory)$")
+"""Names of the buffers rxlm saves that inference rebuilds: RoPE tables and the STM (any batch)."""
 _COMPONENT_PREFIX = re.compile(r"^(decoder|encoder|memory_attention)\.model\.")
-_BUFFERS = re.compile(r"(^|\.)(rope\.inv_freq|rope\.cache|stm\.memory)$")
+_MLX_EXPERT = re.compile(r"^(.*\.ff)\.(experts|shared_experts)\.(up_proj|gate_proj|down_proj)\.(weight|bias)$")
 _EXPERT_TENSORS = {
     "w1": ("experts", "weight"),
     "b1": ("experts", "bias"),
@@ -71,7 +76,7 @@ def sanitize(canonical: Mapping[str, object]) -> dict[str, mx.array]:
     """
     weights: dict[str, mx.array] = {}
     for key, value in canonical.items():
-        if _BUFFERS.search(key):
+        if BUFFERS.search(key):
             continue
         name = _COMPONENT_PREFIX.sub(r"\1.", key)
         value = value if isinstance(value, mx.array) else mx.array(value)
@@ -83,6 +88,42 @@ def sanitize(canonical: Mapping[str, object]) -> dict[str, mx.array]:
     if _ENCODER_EMBEDDING in weights:
         weights[_EMBEDDING] = weights.pop(_ENCODER_EMBEDDING)
     return weights
+
+
+def to_rxlm(weights: Mapping[str, mx.array]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`sanitize`: MLX parameter names to rxlm full-model names (float32 numpy).
+
+    Expert ``up/gate/down_proj`` of ``(E, out, in)`` go back to the vectorized ``w1 (E, D, 2F)``,
+    ``w2 (E, F, D)`` (and ``b1``/``b2``, ``shared_*``); the shared embedding is written under
+    both the decoder and the encoder key. Raises ``KeyError`` for a name outside the three components.
+    """
+    canonical: dict[str, np.ndarray] = {}
+    experts: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for name, value in weights.items():
+        array = np.array(value.astype(mx.float32))
+        component, _, rest = name.partition(".")
+        if component not in COMPONENTS:
+            raise KeyError(f"{name}: expected a decoder./encoder./memory_attention. parameter name")
+        match = _MLX_EXPERT.match(name)
+        if match:
+            experts.setdefault((match[1], match[2]), {})[f"{match[3]}.{match[4]}"] = array
+            continue
+        canonical[f"{component}.model.{rest}"] = array
+    for (prefix, module), parts in experts.items():
+        component, _, rest = prefix.partition(".")
+        base = f"{component}.model.{rest}.{'shared_' if module == 'shared_experts' else ''}"
+        canonical[base + "w1"] = np.concatenate(
+            [parts["up_proj.weight"].swapaxes(1, 2), parts["gate_proj.weight"].swapaxes(1, 2)], axis=-1
+        )
+        canonical[base + "w2"] = parts["down_proj.weight"].swapaxes(1, 2)
+        if "up_proj.bias" in parts:
+            canonical[base + "b1"] = np.concatenate([parts["up_proj.bias"], parts["gate_proj.bias"]], axis=-1)
+        if "down_proj.bias" in parts:
+            canonical[base + "b2"] = parts["down_proj.bias"]
+    embedding = canonical.get("decoder.model.embedding.weight")
+    if embedding is not None:
+        canonical["encoder.model.embedding.weight"] = embedding
+    return canonical
 
 
 def check_weights(model: nn.Module, weights: Mapping[str, mx.array]) -> None:

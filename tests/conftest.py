@@ -1,5 +1,7 @@
 """Test-session set-up shared by every test module."""
 
-# Importing rxt_mlx first loads the optimised BLAS (rxt_mlx.blas) before any test module imports
-# MLX, so this process computes with the same BLAS as the rxt-* subprocesses that tests start.
-import rxt_mlx  # noqa: F401
+# Load the optimised BLAS (rxt_mlx.blas) before any test module imports MLX, so this process
+# computes with the same BLAS as the rxt-* commands that tests start as subprocesses.
+from rxt_mlx.blas import preload_optimised_blas
+
+preload_optimised_blas()

@@ -1,7 +1,7 @@
 """The bundled demo model (rxt_mlx/demo): loads, answers deterministically, recalls held-out facts.
 
 Everything the recall tests say comes from the held-out split: values and phrasings that never
-occur in the demo's training data (see rxt_convert.data), played greedily through Session.
+occur in the demo's training data (see rxt_mlx.bench.dialogues), played greedily through Session.
 """
 
 import argparse
@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from rxt_convert import data
 
 import rxt_mlx
-from rxt_mlx.evaluate import DEMO_DIR, TARGET_BINS, EvalResult, evaluate_recall, greedy_answer
+from rxt_mlx.bench import dialogues
+from rxt_mlx.bench.evaluate import DEMO_DIR, TARGET_BINS, EvalResult, evaluate_recall, greedy_answer
 from rxt_mlx.session import Session
 
 NAME, CITY, NUMBER, FOOD, COLOR, JOB = "Chloe", "Zurich", "133", "grapes", "olive", "designer"
@@ -54,12 +54,12 @@ def demo():
 
 
 def test_the_recall_conversations_are_heldout():
-    slots = data.build_slots()
+    slots = dialogues.build_slots()
     train_values = {v for slot in slots.values() for v in slot.values["train"]}
     assert not {NAME, CITY, NUMBER, FOOD, COLOR, JOB} & train_values
     train_text = {t for slot in slots.values() for t in slot.statements["train"] + slot.questions["train"]}
     heldout_text = {t for slot in slots.values() for t in slot.statements["heldout"] + slot.questions["heldout"]}
-    smalltalk = {query for query, _ in data.SMALLTALK}
+    smalltalk = {query for query, _ in dialogues.SMALLTALK}
     for conversation in HELDOUT_CONVERSATIONS:
         for query, _ in conversation:
             if query in smalltalk:
@@ -108,9 +108,9 @@ def seeded_recall(demo):
     """rxt-eval's recall tallies (memory, memory reset) over seeded held-out conversations, 1-6 turns back."""
     model, tokenizer = demo
     result = EvalResult("demo", "heldout", 20)
-    conversations = data.generate_conversations(20, "heldout", seed=2026)
+    conversations = dialogues.generate_conversations(20, "heldout", seed=2026)
     options = argparse.Namespace(stm_seed=0, max_tokens=32)
-    evaluate_recall(model, tokenizer, conversations, result, "heldout", data.build_slots(), options)
+    evaluate_recall(model, tokenizer, conversations, result, "heldout", dialogues.build_slots(), options)
     return result.total("memory", TARGET_BINS), result.total("ablated", TARGET_BINS)
 
 

@@ -15,7 +15,7 @@ import rxt_mlx
 from rxt_mlx.attention import Rope
 from rxt_mlx.config import ConfigError
 from rxt_mlx.model import RxT, load_model, quantize_model, save_model
-from rxt_mlx.weights import WeightError, load_weights, sanitize
+from rxt_mlx.weights import WeightError, load_weights, to_rxlm
 from tests.factories import (
     PARITY_CONFIGS,
     beta_config,
@@ -140,57 +140,6 @@ def test_padding_mask_matches_unpadded_interaction(model):
     short_ids, short_stm = ids[1:, :7], stm[:, 1:]
     assert relative_error(hidden[:, 1:, :7], model.encoder(short_ids)) < TOLERANCE
     assert relative_error(new_stm[:, 1:], model.update_memory(short_stm, short_ids)) < TOLERANCE
-
-
-def _canonical_moe(weights: dict[str, mx.array], prefix: str = "") -> dict[str, np.ndarray]:
-    """Inverse of sanitize for one MoE (rxlm's vectorized input-major layout)."""
-    up, gate, down = (np.array(weights[f"{prefix}experts.{name}_proj.weight"]) for name in ("up", "gate", "down"))
-    return {"w1": np.concatenate([up, gate], axis=1).transpose(0, 2, 1), "w2": down.transpose(0, 2, 1)}
-
-
-def test_sanitize_maps_canonical_names_and_moe_layout():
-    model = random_mlx_model(rev_sqa_config(), seed=1)
-    weights = dict(tree_flatten(model.parameters()))
-    canonical = {}
-    for name, value in weights.items():
-        component, rest = name.split(".", 1)
-        if ".experts." not in rest:
-            canonical[f"{component}.model.{rest}"] = np.array(value)
-    for index in range(model.config.decoder.num_layers):
-        for kind, value in _canonical_moe(weights, f"decoder.layers.{index}.ff.").items():
-            canonical[f"decoder.model.layers.{index}.ff.{kind}"] = value
-    canonical["decoder.model.layers.0.attention.rope.inv_freq"] = np.zeros(4, np.float32)
-    canonical["memory_attention.model.stm.memory"] = np.zeros((2, 1, 8, 32), np.float32)
-    sanitized = sanitize(canonical)
-    assert sorted(sanitized) == sorted(weights)
-    assert all(mx.array_equal(sanitized[name], weights[name]) for name in weights)
-    assert sorted(sanitize(sanitized)) == sorted(weights)  # idempotent
-
-
-def test_moe_matches_rxlm_math_on_canonical_weights():
-    """Routed experts through SwitchGLU equal ``sum_k w_k (a * act(g)) w2`` with ``[a|g] = x w1`` + biases."""
-    config = rev_sqa_config()
-    model = random_mlx_model(config, seed=2)
-    moe = model.decoder.layers[0].ff
-    parameters = dict(tree_flatten(moe.parameters()))
-    weights = {name: np.array(value, np.float64) for name, value in parameters.items()}
-    canonical = _canonical_moe(parameters)
-    x = np.array(mx.random.normal((5, config.decoder.embed_dim), key=mx.random.key(3)), np.float64)
-    logits = x @ weights["router.gate.weight"].T
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    top = np.argsort(-probs, axis=-1)[:, : config.decoder.moe_top_k]
-    expected = np.zeros_like(x)
-    for token in range(x.shape[0]):
-        chosen = probs[token, top[token]]
-        for expert, weight in zip(top[token], chosen / (chosen.sum() + 1e-9), strict=True):
-            value, gate = np.split(x[token] @ canonical["w1"][expert], 2)
-            hidden = value * np.array(nn.gelu(mx.array(gate.astype(np.float32))), np.float64)
-            expected[token] += weight * (hidden @ canonical["w2"][expert])
-    expected += weights["global_bias"]
-    shared = moe.shared_expert(mx.array(x.astype(np.float32)))
-    expected = expected * (2 / 3) + (np.array(shared, np.float64) + weights["shared_experts_bias"]) / 3
-    assert relative_error(moe(mx.array(x.astype(np.float32))), expected) < TOLERANCE
 
 
 def test_strict_loader_names_every_problem():
@@ -386,17 +335,27 @@ def test_half_precision_rope_rounds_angles_like_the_reference():
     assert relative_error(exact, expected.reshape(x.shape)) > 0.1
 
 
-def test_fingerprint_of_freshly_sanitized_weights():
-    """Transposed (non-contiguous) expert weights straight from sanitize hash like saved ones."""
-    model = random_mlx_model(beta_config(), seed=9)
-    weights = dict(tree_flatten(model.parameters()))
-    canonical = {name: value for name, value in weights.items() if ".experts." not in name}
-    for index in range(4):
-        for kind, value in _canonical_moe(weights, f"decoder.layers.{index}.ff.").items():
-            canonical[f"decoder.layers.{index}.ff.{kind}"] = value
-    for prefix in ("decoder.stateless_layers.1.ff.", "decoder.final_stateless_layers.0.ff."):
-        for kind, value in _canonical_moe(weights, prefix).items():
-            canonical[prefix + kind] = value
-    rebuilt = RxT(beta_config())
-    load_weights(rebuilt, sanitize(canonical))
-    assert rebuilt.fingerprint == model.fingerprint
+def test_moe_matches_rxlm_math_on_canonical_weights():
+    """Routed experts through SwitchGLU equal ``sum_k w_k (a * act(g)) w2`` with ``[a|g] = x w1`` + biases."""
+    config = rev_sqa_config()
+    model = random_mlx_model(config, seed=2)
+    moe = model.decoder.layers[0].ff
+    weights = {name: np.array(value, np.float64) for name, value in tree_flatten(moe.parameters())}
+    canonical = to_rxlm(dict(tree_flatten(model.parameters())))
+    w1, w2 = canonical["decoder.model.layers.0.ff.w1"], canonical["decoder.model.layers.0.ff.w2"]
+    x = np.array(mx.random.normal((5, config.decoder.embed_dim), key=mx.random.key(3)), np.float64)
+    logits = x @ weights["router.gate.weight"].T
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    top = np.argsort(-probs, axis=-1)[:, : config.decoder.moe_top_k]
+    expected = np.zeros_like(x)
+    for token in range(x.shape[0]):
+        chosen = probs[token, top[token]]
+        for expert, weight in zip(top[token], chosen / (chosen.sum() + 1e-9), strict=True):
+            value, gate = np.split(x[token] @ w1[expert], 2)
+            hidden = value * np.array(nn.gelu(mx.array(gate.astype(np.float32))), np.float64)
+            expected[token] += weight * (hidden @ w2[expert])
+    expected += weights["global_bias"]
+    shared = moe.shared_expert(mx.array(x.astype(np.float32)))
+    expected = expected * (2 / 3) + (np.array(shared, np.float64) + weights["shared_experts_bias"]) / 3
+    assert relative_error(moe(mx.array(x.astype(np.float32))), expected) < TOLERANCE

@@ -6,12 +6,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from rxt_convert import data, train
+from rxt_convert import train
 from rxt_convert.convert import main as convert_main
 from rxt_convert.reference.checkpoint import load_reference
 
 import rxt_mlx
-from rxt_mlx import evaluate
+from rxt_mlx.bench import dialogues, evaluate
 from rxt_mlx.session import AnswerDone, MemoryUpdated, Session
 
 TINY = {
@@ -148,7 +148,7 @@ def test_rxt_eval_scores_every_question(trained, tmp_path):
     args = ["--model", str(tmp_path / "mlx"), "--conversations", "6", "--max-tokens", "8", "--json", str(out)]
     assert evaluate.main(args) == 0
     report = json.loads(out.read_text())
-    conversations = data.generate_conversations(6, "heldout", seed=1234)
+    conversations = dialogues.generate_conversations(6, "heldout", seed=1234)
     distances = [turn.distance for c in conversations for _, turn in c.questions]
     assert report["split"] == "heldout" and report["conversations"] == 6
     for condition in ("memory", "ablated"):
@@ -159,7 +159,7 @@ def test_rxt_eval_scores_every_question(trained, tmp_path):
         for name in ("1", "2", "3", "4", "5", "6"):
             assert recall[name]["questions"] == distances.count(int(name))
         assert 0 <= recall["all"]["entity"] <= 1 and recall["all"]["exact"] <= recall["all"]["entity"]
-    slots = data.build_slots()
+    slots = dialogues.build_slots()
     heldout_chance = np.mean(
         [
             1 / len(slots[t.slot].values["heldout"]) / (12 if t.slot == "pet" else 1)

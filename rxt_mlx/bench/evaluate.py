@@ -2,7 +2,7 @@
 
 Recall: every conversation is played turn by turn through :class:`rxt_mlx.Session` with
 greedy decoding; each recall question's answer is scored with the exact-match rule of
-``rxt_convert.data`` (whole answer equal after whitespace normalisation) and the looser
+:mod:`rxt_mlx.bench.dialogues` (whole answer equal after whitespace normalisation) and the looser
 entity match. Results are broken down by how many turns back the fact was stated.
 
 * ``memory``: the STM is carried normally (the model's own answers go into the memory).
@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
-from rxt_convert import data
-from rxt_convert.data import PET_KINDS, entity_match, exact_match
 
 import rxt_mlx
+from rxt_mlx.bench import dialogues
+from rxt_mlx.bench.dialogues import PET_KINDS, entity_match, exact_match
 from rxt_mlx.session import AnswerDone, Session
 
 DISTANCE_BINS = ("1", "2", "3", "4", "5", "6", "7+")
 TARGET_BINS = DISTANCE_BINS[:6]  # the demo's target range: facts stated 1-6 turns earlier
-DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_DIR = Path(__file__).parent.parent / "demo"
 
 
 def distance_bin(distance: int) -> str:
@@ -238,11 +238,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.data:
-        conversations = data.load_jsonl(args.data)[: args.conversations]
+        conversations = dialogues.load_jsonl(args.data)[: args.conversations]
         slots = None
     else:
-        conversations = data.generate_conversations(args.conversations, args.split, args.seed)
-        slots = data.build_slots()
+        conversations = dialogues.generate_conversations(args.conversations, args.split, args.seed)
+        slots = dialogues.build_slots()
     model, tokenizer = rxt_mlx.load(args.model)
     result = EvalResult(str(args.model), "jsonl" if args.data else args.split, len(conversations))
     evaluate_recall(model, tokenizer, conversations, result, args.split, slots, args)

@@ -11,28 +11,26 @@ within one run are the result, absolute times are machine- and load-dependent.
 from __future__ import annotations
 
 import argparse
-import random
-import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rxt_mlx.bench.systems import (
+    RxTChat,
+    Script,
+    StatelessSystem,
+    Timing,
+    build_script,
+    measure,
+    peak_memory,
+    plugin_system,
+)
+
 DEFAULT_OUT = Path("rxt-bench-results")
 DTYPES = ("float32", "float16", "bfloat16")
-_QUERY_WORDS = (
-    "the memory of a reactive model keeps short notes about every turn while we talk over "
-    "coffee and plans trips to old towns near rivers and hills with friends"
-).split()
-TARGETS = {
-    "rxt_ttft_last_over_first": ("<=", 1.05),
-    "baseline_ttft_last_over_rxt": (">=", 10.0),
-    "rxt_decode_tps_over_baseline_turn1": (">=", 0.85),
-    "rxt_decode_tps_over_cached_baseline_last": (">=", 1.0),
-    "rxt_ttft_after_memory_update_over_without": ("<=", 1.05),
-}
 
 
 @dataclass
@@ -54,150 +52,10 @@ class BenchOptions:
     plot: bool = True
 
 
-@dataclass
-class Script:
-    """The scripted conversation: per turn the query text, its prompt ids and the forced answer."""
-
-    query_texts: list[str]
-    query_ids: list[list[int]]
-    answer_ids: list[list[int]]
-    end_ids: list[int]
-
-
-@dataclass
-class Timing:
-    """When the tokens of one answer arrived."""
-
-    ttft_seconds: float
-    decode_seconds: float
-    tokens: int
-
-    @property
-    def decode_tokens_per_second(self) -> float:
-        return (self.tokens - 1) / self.decode_seconds if self.tokens > 1 and self.decode_seconds > 0 else 0.0
-
-
 def default_model_folder() -> Path | None:
     """The bundled demo model folder, when the package ships one."""
-    folder = Path(__file__).parent / "demo"
+    folder = Path(__file__).parent.parent / "demo"
     return folder if (folder / "config.json").is_file() else None
-
-
-def query_text(encode: Callable[[str], list[int]], n_tokens: int, seed: int) -> str:
-    """Text of (at most, and normally exactly) ``n_tokens`` tokens, different for every seed.
-
-    Words are added while they fit; single letters (spaced, then glued) fill the last tokens.
-    """
-    rng = random.Random(seed)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    text, count = "", 0
-    while count < n_tokens:
-        words = rng.sample(_QUERY_WORDS, len(_QUERY_WORDS))
-        trials = [f"{text} {word}" if text else word for word in words]
-        trials += [f"{text} {letter}" if text else letter for letter in letters]
-        trials += [text + letter for letter in letters]
-        for trial in trials:
-            length = len(encode(trial))
-            if count < length <= n_tokens:
-                text, count = trial, length
-                break
-        else:
-            break
-    return text
-
-
-def build_script(tokenizer, turns: int, query_tokens: int, answer_tokens: int, vocab_size: int, seed: int) -> Script:
-    """N turns of queries of ``query_tokens`` tokens and random non-special answers of ``answer_tokens``."""
-    rng = random.Random(seed)
-    special = set(tokenizer.special_ids)
-    ordinary = [token for token in range(min(vocab_size, tokenizer.vocab_size)) if token not in special]
-    texts = [query_text(tokenizer.encode, query_tokens, seed * 1000 + turn) for turn in range(turns)]
-    return Script(
-        query_texts=texts,
-        query_ids=[tokenizer.query_ids(text) for text in texts],
-        answer_ids=[[rng.choice(ordinary) for _ in range(answer_tokens)] for _ in range(turns)],
-        end_ids=[tokenizer.eos_id],
-    )
-
-
-def measure(tokens: Iterator[int]) -> Timing:
-    """Consume a token stream; time to first token and first-to-last token time."""
-    start = time.perf_counter()
-    first = last = None
-    count = 0
-    for _ in tokens:
-        last = time.perf_counter()
-        first = first or last
-        count += 1
-    if first is None:
-        raise RuntimeError("the system produced no token")
-    return Timing(first - start, last - first, count)
-
-
-def peak_memory() -> tuple[float, str]:
-    """(MB, source): MLX's peak allocation since the last reset, else the process's peak RSS."""
-    import mlx.core as mx
-
-    peak = mx.get_peak_memory()
-    if peak:
-        return peak / 2**20, "mlx"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**20 if sys.platform == "darwin" else 2**10), "rss"
-
-
-class RxTChat:
-    """The RxT side: one :class:`~rxt_mlx.session.Session`, answers forced through ``force_tokens``."""
-
-    def __init__(self, model, tokenizer, script: Script, seed: int):
-        from rxt_mlx.session import Session
-
-        self.script = script
-        self.session = Session(model, tokenizer, stm=model.initial_stm(batch=1, seed=seed))
-        self.memory_update_seconds: float | None = None
-
-    def context_tokens(self, index: int) -> tuple[int, int]:
-        """(tokens prefilled, tokens attended to by self-attention) of turn ``index``."""
-        length = len(self.script.query_ids[index])
-        return length, length
-
-    def turn(self, index: int, commit: bool = True) -> Timing:
-        """Answer turn ``index``, then update the memory; ``commit=False`` times it on a scratch session."""
-        from rxt_mlx.session import MemoryUpdated, Session, TokenEvent
-
-        query, answer = self.script.query_texts[index], list(self.script.answer_ids[index])
-        if commit:
-            events = self.session.interact(query, max_tokens=len(answer), force_tokens=answer)
-        else:
-            scratch = Session(self.session.model, self.session.tokenizer, stm=self.session.stm)
-            events = scratch.generate(query, max_tokens=len(answer), force_tokens=answer)
-
-        def tokens() -> Iterator[int]:
-            for event in events:
-                if isinstance(event, TokenEvent):
-                    yield event.id
-                elif isinstance(event, MemoryUpdated):
-                    self.memory_update_seconds = event.seconds
-
-        return measure(tokens())
-
-
-class StatelessSystem:
-    """The baseline side: a :class:`~rxt_mlx.baseline.StatelessChat` playing the script."""
-
-    def __init__(self, chat, script: Script):
-        self.chat = chat
-        self.script = script
-        self.memory_update_seconds = None
-
-    def context_tokens(self, index: int) -> tuple[int, int]:
-        query = self.script.query_ids[index]
-        return len(self.chat.prompt_for(query)), len(self.chat.history) + len(query)
-
-    def turn(self, index: int, commit: bool = True) -> Timing:
-        script = self.script
-        return measure(
-            self.chat.answer(script.query_ids[index], script.answer_ids[index], script.end_ids, commit=commit)
-        )
 
 
 def _system_rows(
@@ -209,7 +67,7 @@ def _system_rows(
     memory_update_seconds: float | None,
     memory: tuple[float, str],
 ):
-    from rxt_mlx.bench_report import TurnRow
+    from rxt_mlx.bench.report import TurnRow
 
     return TurnRow(
         system=system,
@@ -277,9 +135,12 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def evaluate_targets(rows, memory_update_256: float | None, update_probe: dict | None = None) -> dict:
-    """The summary ratios of the issue with their targets and pass/fail (None: reported only)."""
-    from rxt_mlx.bench_report import series
+def summary_ratios(rows, memory_update_256: float | None, update_probe: dict | None = None) -> dict[str, float | None]:
+    """The ratios that compare the systems of one run (None where a system is missing).
+
+    ``memory_update_256_tokens_seconds`` is a time, not a ratio: one memory update over a
+    256-token interaction (or the encoder's seq_len when shorter)."""
+    from rxt_mlx.bench.report import series
 
     def first(system: str, field: str) -> float | None:
         values = series(rows, system, field)
@@ -322,14 +183,7 @@ def evaluate_targets(rows, memory_update_256: float | None, update_probe: dict |
             mean("reference", "memory_update_seconds"), mean("rxt", "memory_update_seconds")
         )
     values["memory_update_256_tokens_seconds"] = memory_update_256
-    targets = {}
-    for name, value in values.items():
-        rule = TARGETS.get(name)
-        passed = None
-        if rule is not None and value is not None:
-            passed = value <= rule[1] if rule[0] == "<=" else value >= rule[1]
-        targets[name] = {"value": value, "target": f"{rule[0]} {rule[1]}" if rule else "reported", "pass": passed}
-    return targets
+    return values
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -339,7 +193,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 def summarize(rows) -> dict:
     """Per system: mean / first / last TTFT, mean decode tokens/s, mean memory update, max peak memory."""
-    from rxt_mlx.bench_report import series, systems_in
+    from rxt_mlx.bench.report import series, systems_in
 
     summary = {}
     for system in systems_in(rows):
@@ -370,8 +224,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print):
     from tqdm import tqdm
 
     from rxt_mlx import load
-    from rxt_mlx.baseline import StatelessChat, baseline_shape, build_baseline
-    from rxt_mlx.machine import machine_info
+    from rxt_mlx.bench.baseline import StatelessChat, baseline_shape, build_baseline
+    from rxt_mlx.bench.machine import machine_info
 
     machine = machine_info()
     if machine["blas_hint"]:
@@ -397,14 +251,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print):
     )
     reference = None
     if options.reference:
-        try:
-            from rxt_mlx.bench_reference import ReferenceRunner
-
-            reference = ReferenceRunner(folder, model, options.dtype)
-        except ModuleNotFoundError as error:
-            raise SystemExit(
-                f"rxt-bench --reference needs the PyTorch reference ({error}); pip install 'rxt-mlx[convert]'"
-            ) from None
+        reference = plugin_system("reference")(folder, model, options.dtype)
         log(f"PyTorch reference: {reference.weights_note}")
 
     makers: dict[str, Callable[[], object]] = {
@@ -471,18 +318,12 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print):
         "memory_update_delay_probe": update_probe,
         "summary": summarize(rows),
     }
-    report["targets"] = evaluate_targets(rows, memory_update_256, update_probe)
+    report["ratios"] = summary_ratios(rows, memory_update_256, update_probe)
     return rows, report
 
 
-def format_targets(targets: dict) -> str:
-    lines = []
-    for name, entry in targets.items():
-        value = entry["value"]
-        shown = "n/a" if value is None else f"{value:.3f}"
-        verdict = {True: "PASS", False: "FAIL", None: ""}[entry["pass"]]
-        lines.append(f"  {name:<45} {shown:>10}  {entry['target']:<10} {verdict}")
-    return "\n".join(lines)
+def format_ratios(ratios: dict[str, float | None]) -> str:
+    return "\n".join(f"  {name:<45} {'n/a' if value is None else f'{value:.3f}':>10}" for name, value in ratios.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -535,7 +376,7 @@ def parse_options(argv: list[str] | None) -> BenchOptions:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rxt-bench``."""
-    from rxt_mlx.bench_report import format_table, latency_chart_text, write_csv, write_json, write_plot
+    from rxt_mlx.bench.report import format_table, latency_chart_text, write_csv, write_json, write_plot
     from rxt_mlx.blas import preload_optimised_blas
 
     preload_optimised_blas()  # before MLX loads: use the system OpenBLAS when installed
@@ -548,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         f"BLAS: {machine['blas']['label']} ({machine['blas']['path'] or 'not found'})"
     )
     print(format_table(rows))
-    print("targets:")
-    print(format_targets(report["targets"]))
+    print("ratios:")
+    print(format_ratios(report["ratios"]))
     options.out.mkdir(parents=True, exist_ok=True)
     write_csv(options.out / "latency.csv", rows)
     write_json(options.out / "latency.json", report, rows)

@@ -1,0 +1,34 @@
+"""Console entry points ``rxt-bench`` and ``rxt-eval``.
+
+Each loads the system BLAS (:mod:`rxt_mlx.blas`) before the command's module imports MLX; the
+inference library itself never does this on import.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rxt_mlx.blas import preload_optimised_blas
+
+
+def bench(argv: list[str] | None = None) -> int:
+    """``rxt-bench``: see :mod:`rxt_mlx.bench.latency`."""
+    preload_optimised_blas()
+    from rxt_mlx.bench.latency import main
+
+    return main(argv)
+
+
+def evaluate(argv: list[str] | None = None) -> int:
+    """``rxt-eval``: see :mod:`rxt_mlx.bench.evaluate`."""
+    preload_optimised_blas()
+    from rxt_mlx.bench.evaluate import main
+
+    return main(argv)
+
+
+if __name__ == "__main__":
+    commands = {"bench": bench, "evaluate": evaluate}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: python -m rxt_mlx.bench.cli {{{'|'.join(commands)}}} [ARGS...]")
+    sys.exit(commands[sys.argv[1]](sys.argv[2:]))
