@@ -1,6 +1,6 @@
 """Shape plan of the published RxT-Beta (2.85B decoder) through the converter, without its memory.
 
-Builds the PyTorch reference from the RxT-Beta config (spec §4.1) on torch's meta device,
+Builds the PyTorch reference from the RxT-Beta config (docs/architecture.md §Published configs) on torch's meta device,
 "saves" it key by key as rxlm's safetensors save does (tensors sharing storage are stored once,
 under the alphabetically first name), canonicalizes and checks it like rxt-convert, sanitizes
 it to MLX names with lazy placeholder arrays, and compares every key and shape with the MLX
@@ -103,7 +103,7 @@ BETA_CONFIG: dict[str, Any] = {
         "use_tanh_residual_gate": False,
         "use_flash_attention": True,
     },
-    # The published ids are unknown (spec §4.1); any valid ids do for shapes.
+    # The published ids are unknown (docs/architecture.md §Published configs); any valid ids do for shapes.
     "tokenizer_config": {"bos_token_id": 2, "eos_token_id": 3, "query_token_id": 4, "answer_token_id": 5},
     "memory_attention_variant": "grouped-self-interlayer",
 }
@@ -182,7 +182,7 @@ def main() -> int:
     for name, count in report["parameters"].items():
         published = PUBLISHED_PARAMETERS[name]
         verdict = "matches" if count == published else f"DIFFERS from {published:,}"
-        print(f"{name:>17}: {count:>13,} parameters ({verdict} spec §3.2)")
+        print(f"{name:>17}: {count:>13,} parameters ({verdict} docs/architecture.md §Published configs)")
     print(f"saved tensors (deduplicated like rxlm): {report['saved_tensors']}")
     print(f"canonical keys: {report['canonical_keys']}; MLX parameters: {report['mlx_parameters']:,}")
     for problem in report["problems"]:

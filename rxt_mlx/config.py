@@ -59,7 +59,7 @@ def attention_shape(
     att_query_groups: int | None,
     where: str,
 ) -> AttentionShape:
-    """Head counts of an rxlm attention of type ``att_type`` (see spec §2.1)."""
+    """Head counts of an rxlm attention of type ``att_type`` (docs/architecture.md §Attention)."""
     if att_type not in ATTENTION_TYPES:
         raise ConfigError(
             f"{where}: attention type {att_type!r} is not supported "

@@ -1,4 +1,4 @@
-"""Memory attention: writes the encoded interaction into the STM (spec §2.4).
+"""Memory attention: writes the encoded interaction into the STM (docs/architecture.md §Memory attention).
 
 Every variant computes all new STM layers from STM_{t-1}:
 

@@ -319,7 +319,7 @@ def test_grouped_variant_means_over_each_group():
 
 
 def test_half_precision_rope_rounds_angles_like_the_reference():
-    """bf16 models rotate by ``bf16(position * inv_freq)``, as the reference does (spec §2.1)."""
+    """bf16 models rotate by ``bf16(position * inv_freq)``, as the reference does (docs/architecture.md §RoPE)."""
     rope = Rope(head_dim=8, base=10000.0)
     x = mx.random.normal((1, 1, 4, 8), key=mx.random.key(0))
     rotated = rope(x.astype(mx.bfloat16), offset=1000).astype(mx.float32)
