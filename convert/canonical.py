@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from rxt_mlx.config import RxTConfig
+from rxt_mlx.errors import RxTError
 from rxt_mlx.weights import BUFFERS
 
 from .sources import TensorStore
@@ -37,7 +38,7 @@ DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": None}
 PROGRESS_BYTES = 256 * 2**20
 
 
-class CanonicalError(ValueError):
+class CanonicalError(RxTError, ValueError):
     """The checkpoint's tensors do not fit the model its config describes."""
 
 

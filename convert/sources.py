@@ -20,6 +20,8 @@ import torch
 from rxt_convert.reference.checkpoint import CheckpointError, detect_variant
 from safetensors import safe_open
 
+from rxt_mlx.errors import RxTError
+
 COMPONENTS = ("decoder", "encoder", "memory_attention")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 TOKENIZER_MODEL_FILES = ("tokenizer.json", "tokenizer.model")
@@ -39,7 +41,7 @@ SPECIAL_TOKEN_NAMES = {
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-class SourceError(ValueError):
+class SourceError(RxTError, ValueError):
     """A checkpoint cannot be read: missing file, malformed config, unknown layout."""
 
 
@@ -147,10 +149,18 @@ _SAFETENSORS_DTYPES = {
 
 
 def _torch_load(path: Path) -> Any:
+    """``torch.load`` memory-mapped (tensors are read when converted, not all at once); files in
+    the legacy pre-zip ``torch.save`` format cannot be mapped and are read whole."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "zipfile" not in str(error):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle/zip errors have many types; all mean "unreadable"
-        raise SourceError(f"{path}: cannot be read by torch.load(weights_only=True) ({error})") from None
+        reason = " ".join(str(error).split())
+        raise SourceError(f"{path}: cannot be read by torch.load(weights_only=True) ({reason})") from None
 
 
 def add_state_dict(store: TensorStore, state: Any, prefix: str, origin: str) -> None:

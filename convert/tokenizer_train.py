@@ -13,10 +13,13 @@ which is what lets the model copy a value it never saw.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
+
+from rxt_mlx.errors import RxTError
 
 TOKENIZER_FILE = "tokenizer.model"
 SPECIAL_TOKENS = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3, "[Q]": 4, "[A]": 5, "[T]": 6, "[I]": 7}
@@ -56,6 +59,38 @@ def train_tokenizer(
     folder.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)
+    try:
+        _train(lines, model, vocab_size, max_piece_length)
+    except RuntimeError as error:
+        raise TokenizerTrainingError(_training_advice(str(error), vocab_size)) from None
+    path = folder / TOKENIZER_FILE
+    path.write_bytes(model.getvalue())
+    check_special_ids(path)
+    return path
+
+
+class TokenizerTrainingError(RxTError, ValueError):
+    """sentencepiece could not train a tokenizer of the requested size on the training text."""
+
+
+def _training_advice(message: str, vocab_size: int) -> str:
+    """sentencepiece's failure as what to change in the rxt-train config."""
+    small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if small:
+        return (
+            f"vocab_size {vocab_size} is too small for the training text: its characters, the byte pieces and "
+            f"the special tokens alone need {small[2]}; set vocab_size to at least {small[2]} in the config"
+        )
+    large = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
+    if large:
+        return (
+            f"vocab_size {vocab_size} is more than the training text can fill (at most {large[2]} pieces); "
+            f"set vocab_size to at most {large[2]}, or train on more text (tokenizer_conversations)"
+        )
+    return f"training the tokenizer (vocab_size {vocab_size}) failed: {' '.join(message.split())}"
+
+
+def _train(lines: Iterable[str], model: io.BytesIO, vocab_size: int, max_piece_length: int) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(lines)),
         model_writer=model,
@@ -78,10 +113,6 @@ def train_tokenizer(
         num_threads=1,
         minloglevel=2,
     )
-    path = folder / TOKENIZER_FILE
-    path.write_bytes(model.getvalue())
-    check_special_ids(path)
-    return path
 
 
 def check_special_ids(path: str | Path) -> None:

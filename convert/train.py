@@ -33,7 +33,7 @@ from rxt_mlx.config import MemoryAttentionConfig, RxTConfig, TokenizerConfig, Tr
 
 from .reference import RxTReference
 from .reference.checkpoint import save_rxlm
-from .tokenizer_train import TOKENIZER_FILE, tokenizer_config, train_tokenizer
+from .tokenizer_train import TOKENIZER_FILE, TokenizerTrainingError, tokenizer_config, train_tokenizer
 from .train_batches import InteractionTokenizer, collate_conversations, collate_interactions
 from .train_stages import (
     STAGES,
@@ -221,6 +221,15 @@ def all_reduce_gradients(parameters: list[torch.nn.Parameter], runtime: Runtime)
 def barrier(runtime: Runtime) -> None:
     if runtime.world > 1:
         dist.barrier()
+
+
+def share_from_main(runtime: Runtime, value):
+    """Rank 0's ``value`` on every rank (a synchronisation point, like :func:`barrier`)."""
+    if runtime.world == 1:
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +507,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 def prepare_tokenizer(args, config: TrainConfig, runtime: Runtime, conversations) -> Path:
     """``OUT/tokenizer.model``: copied from ``--tokenizer`` or trained on the training data (rank 0)."""
     path = args.out / TOKENIZER_FILE
+    failure = None
     if runtime.is_main and not path.exists():
         if args.tokenizer:
             shutil.copy(args.tokenizer, path)
@@ -510,10 +520,15 @@ def prepare_tokenizer(args, config: TrainConfig, runtime: Runtime, conversations
                 config.max_turns,
                 made_up_values=config.made_up_values,
             )
-            train_tokenizer(
-                dialogues.template_lines(corpus), args.out, config.vocab_size, config.max_piece_length, config.seed
-            )
-    barrier(runtime)
+            try:
+                train_tokenizer(
+                    dialogues.template_lines(corpus), args.out, config.vocab_size, config.max_piece_length, config.seed
+                )
+            except TokenizerTrainingError as error:
+                failure = str(error)
+    failure = share_from_main(runtime, failure)  # also the barrier: the other ranks wait for the tokenizer
+    if failure:
+        raise TokenizerTrainingError(failure)
     return path
 
 
@@ -545,5 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # torchrun -m rxt_convert.train: as rxt-train, errors as one line
+    from rxt_convert.cli import train as run_train
+
+    raise SystemExit(run_train())

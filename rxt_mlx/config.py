@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rxt_mlx.errors import RxTError
 
 FLOAT32_EPS = 1.1920928955078125e-07
 """RMSNorm eps used by rxlm (``nn.RMSNorm(eps=None)`` is ``finfo(float32).eps``)."""
@@ -29,7 +33,7 @@ FF_ACTIVATIONS = ("silu", "swish", "relu", "gelu", "sigmoid", "tanh", "linear")
 RESIDUAL_GATE_TYPES = ("static", "elementwise", "linear")
 
 
-class ConfigError(ValueError):
+class ConfigError(RxTError, ValueError):
     """A config value is missing, malformed or names a feature we do not support."""
 
 
@@ -95,9 +99,38 @@ def _from_dict(cls, values: dict[str, Any], where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     known = {k: v for k, v in values.items() if k in names}
     try:
-        return cls(**known)
+        config = cls(**known)
     except TypeError as error:
         raise ConfigError(f"{where}: {error}") from None
+    _check_types(config, where)
+    return config
+
+
+_JSON_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": (
+        "a finite number",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    ),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "list[str]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)),
+    "dict[str, Any]": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_types(config, where: str) -> None:
+    """Every field holds the JSON type its annotation names (``X | None`` also allows null)."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        kind, _, optional = str(item.type).partition(" | ")
+        if kind not in _JSON_TYPES or (value is None and optional == "None"):
+            continue  # nested configs are checked by their own from_dict
+        expected, valid = _JSON_TYPES[kind]
+        if item.name in getattr(config, "POSITIVE_INTEGERS", ()):
+            expected = "a positive integer"
+        if not valid(value):
+            raise ConfigError(f"{where}: {item.name} must be {expected}{' or null' if optional else ''}, got {value!r}")
 
 
 class _ComponentConfig:
@@ -362,6 +395,8 @@ class RxTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RxTConfig:
+        if not isinstance(values, dict):
+            raise ConfigError(f"config.json: expected a JSON object, got {type(values).__name__}")
         for name in ("decoder_config", "encoder_config", "memory_attention_config", "tokenizer_config"):
             if not isinstance(values.get(name), dict):
                 raise ConfigError(f"config.json: missing or malformed {name}")
@@ -376,6 +411,7 @@ class RxTConfig:
             system_prompt_title=values.get("system_prompt_title") or "SYSTEM INSTRUCTIONS",
             extra={k: v for k, v in values.items() if k in ("format", "format_version", "quantization")},
         )
+        _check_types(config, "config.json")
         config.validate()
         return config
 

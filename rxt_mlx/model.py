@@ -16,7 +16,7 @@ from rxt_mlx.config import ConfigError, RxTConfig
 from rxt_mlx.decoder import Decoder
 from rxt_mlx.encoder import Encoder
 from rxt_mlx.memory_attention import MemoryAttention
-from rxt_mlx.weights import load_weights, sanitize
+from rxt_mlx.weights import WeightError, load_weights, sanitize
 
 FORMAT = "rxt-mlx"
 FORMAT_VERSION = 1
@@ -118,10 +118,29 @@ def _weight_files(folder: Path) -> list[Path]:
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            files = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"{index}: malformed index ({error!r}); expected a 'weight_map' object") from None
-        return [folder / name for name in sorted(set(weight_map.values()))]
-    raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+        if not all(isinstance(name, str) and name and Path(name).name == name for name in files):
+            raise ConfigError(f"{index}: 'weight_map' must map every weight to a file name in {folder}")
+        return [folder / name for name in files]
+    raise ConfigError(f"{folder}: no model.safetensors or model.safetensors.index.json; is it an rxt-mlx model folder?")
+
+
+def _read_weights(files: list[Path]) -> dict[str, mx.array]:
+    weights: dict[str, mx.array] = {}
+    for file in files:
+        try:
+            loaded = mx.load(str(file))
+        except (RuntimeError, ValueError, OSError) as error:
+            reason = " ".join(str(error).split())
+            raise WeightError(
+                f"{file}: cannot read the weights ({reason}); the file is damaged or incomplete"
+            ) from None
+        if not isinstance(loaded, dict):
+            raise WeightError(f"{file}: not a safetensors file of named weights")
+        weights.update(loaded)
+    return weights
 
 
 def _read_config(folder: Path) -> RxTConfig:
@@ -129,9 +148,13 @@ def _read_config(folder: Path) -> RxTConfig:
     try:
         values = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file; is {folder} an rxt-mlx model folder?") from None
-    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: no such file; is {folder} an rxt-mlx model folder?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror or error})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config values, got a JSON {type(values).__name__}")
     if values.get("format") != FORMAT:
         raise ConfigError(
             f'{path}: not an rxt-mlx model folder ("format" is {values.get("format")!r}, expected {FORMAT!r}); '
@@ -144,6 +167,22 @@ def _read_config(folder: Path) -> RxTConfig:
     return RxTConfig.from_dict(values)
 
 
+def _quantization(config: RxTConfig, folder: Path) -> dict | None:
+    quantization = config.extra.get("quantization")
+    if quantization is None:
+        return None
+    if (
+        not isinstance(quantization, dict)
+        or quantization.get("bits") not in QUANTIZATION_BITS
+        or quantization.get("group_size") not in QUANTIZATION_GROUP_SIZES
+    ):
+        raise ConfigError(
+            f"{folder / 'config.json'}: 'quantization' is {quantization!r}; expected "
+            f"{{'bits': one of {QUANTIZATION_BITS}, 'group_size': one of {QUANTIZATION_GROUP_SIZES}}}"
+        )
+    return quantization
+
+
 def load_model(path: str | Path) -> RxT:
     """Load an rxt-mlx model folder (as written by rxt-convert or :func:`save_model`).
 
@@ -153,13 +192,9 @@ def load_model(path: str | Path) -> RxT:
     """
     folder = Path(path)
     config = _read_config(folder)
-    files = _weight_files(folder)
-    weights: dict[str, mx.array] = {}
-    for file in files:
-        weights.update(mx.load(str(file)))
-    weights = sanitize(weights)
+    weights = sanitize(_read_weights(_weight_files(folder)))
     model = RxT(config)
-    quantization = config.extra.get("quantization")
+    quantization = _quantization(config, folder)
     if quantization:
         nn.quantize(
             model,

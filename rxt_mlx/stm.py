@@ -22,6 +22,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from rxt_mlx.errors import RxTError
+
 FORMAT = "rxt-stm"
 FORMAT_VERSION = "1"
 TENSOR_NAME = "stm"
@@ -32,7 +34,7 @@ _ITEM_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2}
 _RAW_VIEWS = {"float32": mx.uint32, "float16": mx.uint16, "bfloat16": mx.uint16}
 
 
-class STMFileError(ValueError):
+class STMFileError(RxTError, ValueError):
     """An STM file cannot be used; the message names the file and the reason."""
 
 
@@ -105,6 +107,8 @@ def save_stm(
         raise STMFileError(f"turn must be >= 0, got {turn}")
     path = Path(path)
     mx.eval(stm)
+    if not _finite(stm):
+        raise STMFileError(f"{path}: refusing to save an STM holding NaN or infinite values (the model diverged)")
     stamp = now_iso()
     metadata = {
         "format": FORMAT,
@@ -198,7 +202,13 @@ def load_stm(
         raise STMCorruptError(f"{path}: STM bytes do not match their checksum (the file is corrupt)")
     if not metadata.get("turn", "").isdigit():
         raise STMCorruptError(f"{path}: metadata turn {metadata.get('turn')!r} is not a non-negative integer")
+    if not _finite(stm):
+        raise STMCorruptError(f"{path}: STM holds NaN or infinite values; a model cannot answer from it")
     return stm, dict(metadata)
+
+
+def _finite(stm: mx.array) -> bool:
+    return bool(mx.all(mx.isfinite(stm)).item())
 
 
 def _read_header(path: Path, data: bytes) -> dict:

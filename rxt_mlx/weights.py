@@ -32,6 +32,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from rxt_mlx.errors import RxTError
+
 COMPONENTS = ("decoder", "encoder", "memory_attention")
 BUFFERS = re.compile(r"(^|\.)(rope\.inv_freq|rope\.cache|stm\.memory)$")
 """Names of the buffers rxlm saves that inference rebuilds: RoPE tables and the STM (any batch)."""
@@ -51,7 +53,7 @@ _EMBEDDING = "decoder.embedding.weight"
 _ENCODER_EMBEDDING = "encoder.embedding.weight"
 
 
-class WeightError(ValueError):
+class WeightError(RxTError, ValueError):
     """Weights do not fit the model: lists every missing key, unexpected key and shape mismatch."""
 
 
@@ -126,15 +128,31 @@ def to_rxlm(weights: Mapping[str, mx.array]) -> dict[str, np.ndarray]:
     return canonical
 
 
+_FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+
+
+def _dtype_fits(expected: mx.Dtype, got: mx.Dtype) -> bool:
+    """A float parameter takes any float precision (a bf16 folder loads into an fp32-built model);
+    anything else (quantized ``uint32`` weights) must match exactly."""
+    return got in _FLOAT_DTYPES if expected in _FLOAT_DTYPES else got == expected
+
+
 def check_weights(model: nn.Module, weights: Mapping[str, mx.array]) -> None:
-    """Raise :class:`WeightError` unless ``weights`` has exactly the model's parameters and shapes."""
+    """Raise :class:`WeightError` unless ``weights`` has exactly the model's parameters, shapes and dtypes."""
     expected = dict(tree_flatten(model.parameters()))
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
+    common = sorted(set(expected) & set(weights))
     mismatched = [
         f"{key}: expected {tuple(expected[key].shape)}, got {tuple(weights[key].shape)}"
-        for key in sorted(set(expected) & set(weights))
+        for key in common
         if tuple(expected[key].shape) != tuple(weights[key].shape)
+    ]
+    wrong_dtype = [
+        f"{key}: expected {'a float dtype' if expected[key].dtype in _FLOAT_DTYPES else expected[key].dtype}, "
+        f"got {weights[key].dtype}"
+        for key in common
+        if not _dtype_fits(expected[key].dtype, weights[key].dtype)
     ]
     problems = []
     if missing:
@@ -143,6 +161,8 @@ def check_weights(model: nn.Module, weights: Mapping[str, mx.array]) -> None:
         problems.append(f"{len(unexpected)} unexpected: " + ", ".join(unexpected))
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched))
+    if wrong_dtype:
+        problems.append(f"{len(wrong_dtype)} dtype mismatches: " + "; ".join(wrong_dtype))
     if problems:
         raise WeightError("weights do not match the model: " + " | ".join(problems))
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from rxt_mlx.config import MemoryAttentionConfig, RxTConfig, TokenizerConfig, TransformerConfig
+from rxt_mlx.errors import RxTError
 
 from .model import RxTReference
 from .transformer import ShortTermMemory
@@ -29,7 +30,7 @@ COMPONENTS = ("decoder", "encoder", "memory_attention")
 DEFAULT_TOKENIZER = TokenizerConfig(bos_token_id=2, eos_token_id=3, query_token_id=4, answer_token_id=5)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RxTError, ValueError):
     """A checkpoint folder or file is missing, malformed or does not fit the model."""
 
 

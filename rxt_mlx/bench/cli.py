@@ -1,7 +1,8 @@
 """Console entry points ``rxt-bench`` and ``rxt-eval``.
 
-Each loads the system BLAS (:mod:`rxt_mlx.blas`) before the command's module imports MLX; the
-inference library itself never does this on import.
+Each loads the system BLAS (:mod:`rxt_mlx.blas`) before the command's module imports MLX (the
+inference library itself never does this on import), and reports the project's errors as one
+line on stderr (:func:`rxt_mlx.errors.command`; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import sys
 
 from rxt_mlx.blas import preload_optimised_blas
+from rxt_mlx.errors import command
 
 
+@command("rxt-bench")
 def bench(argv: list[str] | None = None) -> int:
     """``rxt-bench``: see :mod:`rxt_mlx.bench.latency`."""
     preload_optimised_blas()
@@ -19,6 +22,7 @@ def bench(argv: list[str] | None = None) -> int:
     return main(argv)
 
 
+@command("rxt-eval")
 def evaluate(argv: list[str] | None = None) -> int:
     """``rxt-eval``: see :mod:`rxt_mlx.bench.evaluate`."""
     preload_optimised_blas()
