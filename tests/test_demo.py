@@ -114,6 +114,7 @@ def seeded_recall(demo):
     return result.total("memory", TARGET_BINS), result.total("ablated", TARGET_BINS)
 
 
+@pytest.mark.slow
 def test_demo_answers_the_seeded_heldout_questions_from_memory(seeded_recall):
     """A fixed set of held-out recall questions (seed 2026): all answered exactly, none with memory reset."""
     carried, ablated = seeded_recall
@@ -123,6 +124,7 @@ def test_demo_answers_the_seeded_heldout_questions_from_memory(seeded_recall):
     assert ablated.exact / ablated.questions <= carried.chance / carried.questions + 0.10, ablated
 
 
+@pytest.mark.slow
 def test_rxt_chat_defaults_to_the_demo_and_remembers_across_restarts(tmp_path):
     """``rxt-chat --plain`` with no --model: a fact told in one process is recalled by the next."""
 

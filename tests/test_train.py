@@ -48,6 +48,7 @@ def trained(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_losses_fall_and_every_stage_runs(trained):
     history = json.loads((trained / "run" / "rxlm" / "training.json").read_text())["history"]
     by_stage = {}
@@ -59,6 +60,7 @@ def test_losses_fall_and_every_stage_runs(trained):
     assert all(np.isfinite(r["loss"]) for r in history)
 
 
+@pytest.mark.slow
 def test_export_converts_and_runs_in_mlx(trained, tmp_path):
     export = trained / "run" / "rxlm"
     assert (export / "tokenizer.model").exists()
@@ -85,6 +87,7 @@ def test_export_converts_and_runs_in_mlx(trained, tmp_path):
     assert not np.allclose(np.array(session.stm), np.array(model.initial_stm(1, seed=0)))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(trained, tmp_path, monkeypatch):
     """A run interrupted mid-stage and resumed ends with the same weights as an uninterrupted one."""
     config = tmp_path / "tiny.json"
@@ -122,6 +125,7 @@ def test_fixed_training_stm_is_the_session_default():
     np.testing.assert_array_equal(train.mlx_initial_stm(config, 3).numpy(), expected)
 
 
+@pytest.mark.slow
 def test_init_from_and_stop_at(trained, tmp_path):
     """A later segment starts from another run's weights; ``stop_at`` ends a stage early."""
     config = tmp_path / "segment.json"
@@ -141,6 +145,7 @@ def test_init_from_and_stop_at(trained, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_rxt_eval_scores_every_question(trained, tmp_path):
     """rxt-eval on a trained tiny model: every question lands in one bin, with and without memory."""
     assert convert_main([str(trained / "run" / "rxlm"), str(tmp_path / "mlx")]) == 0
