@@ -74,9 +74,9 @@ def tiny_beta_config(
 ) -> RxTConfig:
     """A tiny config shaped like RxT-Beta (D=64, 4 layers, SQA, MoE, V=300, S=16).
 
-    It has every kind of layer of the published RxT-Beta (docs/architecture.md §Published
-    configs): stateless dense and MoE layers, shared experts, gated attention, grouped memory
-    attention.
+    It has every kind of layer of the published RxT-Beta: stateless dense and MoE layers,
+    shared experts, gated attention, grouped memory attention (docs/architecture.md
+    §Published configs).
 
     ``decoder`` / ``encoder`` / ``memory_attention`` override config.json fields.
     """
