@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rxt-chat",
         description="Chat with a Reactive Transformer (RxT): each turn costs the same, however long the chat.",
     )
-    parser.add_argument("--model", type=Path, help="MLX model folder (default: the bundled demo model)")
+    parser.add_argument(
+        "--model", help="MLX model folder or Hub repo id, e.g. ReactiveAI/RxT-Beta-Supervised (default: the demo)"
+    )
     parser.add_argument("--data-dir", type=Path, help="where the chat app keeps conversations (default: user data dir)")
     parser.add_argument("--plain", action="store_true", help="read one query per stdin line, print answers to stdout")
     parser.add_argument("--stm", type=Path, help="--plain: memory file, resumed at start and saved after each turn")
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rxt-chat``; returns the exit code (2 for bad arguments or model folder)."""
+    from rxt_mlx.blas import preload_optimised_blas
+
+    preload_optimised_blas()  # before anything imports mlx.core, which binds its BLAS on import
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.plain and (args.stm or args.system):
@@ -70,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as error:
         parser.error(str(error))
-    model_dir = args.model or demo_model_dir()
+    from rxt_mlx.hub import HubError, model_argument
+
+    try:
+        model_dir = model_argument(args.model) or demo_model_dir()
+    except HubError as error:
+        print(f"rxt-chat: {error}", file=sys.stderr)
+        return 2
     problem = model_folder_problem(model_dir, is_demo=args.model is None)
     if problem:
         print(f"rxt-chat: {problem}", file=sys.stderr)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import platformdirs
+
 DATABASE_NAME = "chat.sqlite3"
 SNAPSHOT_FOLDER = "stm"
 SNAPSHOT_SUFFIX = ".safetensors"
@@ -60,6 +62,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_by_conversation ON messages (conversation_id, turn);
     """,
 )
+
+
+def default_data_dir() -> Path:
+    """Where conversations live unless the command line says otherwise: the platform's user data dir."""
+    return Path(platformdirs.user_data_dir("rxt-mlx"))
 
 
 class StorageError(RuntimeError):

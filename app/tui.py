@@ -1,34 +1,37 @@
 """The Textual chat (``rxt-chat``): conversations with a persistent, rewindable, forkable STM.
 
-Every conversation's memory is a file per turn, so switching, resuming after a restart, rewinding
-and forking cost one file read, never a replay of the history. All MLX work happens on the
-:class:`~rxt_app.worker.InferenceWorker` thread; this module only reacts to its events.
+This module renders and binds keys; the :class:`~rxt_app.controller.ChatController` decides.
+Worker events arrive on the worker thread, travel to the UI thread as messages, go through the
+controller, and the controller's events are rendered in order before the next message is taken,
+so the screen always shows the controller's state.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import platformdirs
+from rxt_app.confirm_screen import ConfirmScreen
+from rxt_app.controller import (
+    ActionRefused,
+    ChatController,
+    ChatEvent,
+    ConversationsChanged,
+    ReadyToQuit,
+    TurnCommitted,
+    TurnFailed,
+    TurnQueued,
+    WorkerFailed,
+)
 from rxt_app.export import conversation_markdown, default_export_path
-from rxt_app.screens import ConfirmScreen, HelpScreen, TextPromptScreen
-from rxt_app.storage import Conversation, Storage, StorageError, TurnStats
+from rxt_app.fork_screen import ForkScreen
+from rxt_app.help_screen import HelpScreen
+from rxt_app.prompt_screen import TextPromptScreen
+from rxt_app.storage import Conversation, Storage, default_data_dir
 from rxt_app.styles import CHAT_CSS
 from rxt_app.widgets import ConversationItem, MemoryPanel, MessageView, StatusFigures, StatusLine
-from rxt_app.worker import (
-    AnswerFinished,
-    InferenceWorker,
-    JobFailed,
-    ModelLoadError,
-    SessionReady,
-    SnapshotProblem,
-    TokenText,
-    TurnSaved,
-    TurnStarted,
-    WorkerEvent,
-)
+from rxt_app.worker import AnswerFinished, InferenceWorker, ModelLoadError, TokenText, WorkerEvent
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -37,17 +40,8 @@ from textual.message import Message as TextualMessage
 from textual.screen import Screen
 from textual.widgets import Footer, Input, ListView, Static
 
-import rxt_mlx
-
-NEW_TITLE = "New conversation"
-TITLE_LENGTH = 40
 SHOWN_TURNS = 50
 """The transcript shows the last SHOWN_TURNS turns; the memory holds them all anyway."""
-
-
-def default_data_dir() -> Path:
-    """Where conversations live unless ``--data-dir`` says otherwise."""
-    return Path(platformdirs.user_data_dir("rxt-mlx"))
 
 
 class WorkerMessage(TextualMessage):
@@ -56,29 +50,6 @@ class WorkerMessage(TextualMessage):
     def __init__(self, event: WorkerEvent):
         super().__init__()
         self.event = event
-
-
-@dataclass
-class LiveTurn:
-    """A turn sent but not yet committed: ``phase`` is queued, generating, updating."""
-
-    conversation_id: str
-    turn: int
-    query: str
-    answer: str = ""
-    phase: str = "queued"
-    stopped: bool = False
-
-
-@dataclass
-class ConversationState:
-    """What the UI knows about a conversation beyond its stored row."""
-
-    ready: bool = False
-    problem: str | None = None
-    last_good_turn: int | None = None
-    read_only_reason: str | None = None
-    live: dict[int, LiveTurn] = field(default_factory=dict)
 
 
 class ChatApp(App[None]):
@@ -115,11 +86,10 @@ class ChatApp(App[None]):
 
     def __init__(self, worker: InferenceWorker, storage: Storage):
         super().__init__()
-        self.worker = worker
-        self.storage = storage
-        self.states: dict[str, ConversationState] = {}
+        self.controller = ChatController(worker, storage)
+        self.pending: deque[ChatEvent] = deque()
+        self.controller.subscribe(self.pending.append)
         self.current: Conversation | None = None
-        self.quitting = False
         self.closing = False  # exit() called: the screen may be torn down under late worker events
         self.chosen_turn: int | None = None
 
@@ -138,68 +108,102 @@ class ChatApp(App[None]):
 
     async def on_mount(self) -> None:
         self.query_one("#memory").display = False
-        conversations = self.storage.conversations()
-        if not conversations:
-            conversations = [self.storage.create_conversation(NEW_TITLE, self.worker.fingerprint)]
         await self.refresh_list()
-        await self.switch_to(conversations[0].id)
+        await self.switch_to(self.controller.latest_or_new().id)
         self.query_one("#prompt", Input).focus()
 
-    # ----- worker bridge
+    # ----- controller bridge
 
     def post_worker_event(self, event: WorkerEvent) -> None:
         """Thread-safe: hand a worker event to the UI thread."""
         self.post_message(WorkerMessage(event))
 
-    def state(self, conversation_id: str) -> ConversationState:
-        """The UI state of a conversation (created on first use)."""
-        return self.states.setdefault(conversation_id, ConversationState())
+    async def on_worker_message(self, message: WorkerMessage) -> None:
+        self.controller.handle(message.event)
+        if self.closing:
+            self.pending.clear()
+            return
+        await self.render_events()
 
-    def foreign_reason(self, conversation: Conversation) -> str | None:
-        """Why a conversation cannot be continued with this model, or None if it can."""
-        if conversation.model_fingerprint == self.worker.fingerprint:
-            return None
-        return (
-            f"Read-only: this conversation was made with another model (fingerprint "
-            f"{conversation.model_fingerprint[:12]}…, the loaded model is {self.worker.fingerprint[:12]}…). "
-            "Its memory is not loaded into this model."
-        )
+    async def render_events(self) -> None:
+        """Show the controller's events in order; then the list and the chrome, if anything but text changed."""
+        list_changed = chrome_changed = False
+        while self.pending:
+            event = self.pending.popleft()
+            if isinstance(event, (ConversationsChanged, TurnCommitted)):
+                list_changed = True
+            else:
+                await self.render_event(event)
+            chrome_changed = chrome_changed or not isinstance(event, TokenText)
+        if list_changed and not self.closing:
+            await self.refresh_list()
+        if chrome_changed:
+            self.update_chrome()
 
-    def open_in_worker(self, conversation: Conversation) -> None:
-        """Ask the worker to load a conversation's memory at its committed turn."""
-        state = self.state(conversation.id)
-        state.ready = False
-        state.problem = None
-        snapshots = [self.storage.snapshot_path(conversation.id, t) for t in range(1, conversation.turn_count + 1)]
-        self.worker.open(conversation.id, conversation.turn_count, snapshots)
+    async def render_event(self, event: ChatEvent) -> None:
+        """Show one controller event on screen."""
+        if isinstance(event, TurnQueued) and self.is_current(event.conversation_id):
+            transcript = self.query_one("#transcript", VerticalScroll)
+            views = [MessageView("user", event.turn, event.query), MessageView("assistant", event.turn, "")]
+            await transcript.mount_all(views)
+            transcript.scroll_end(animate=False)
+        elif isinstance(event, TokenText):
+            view = self.answer_view(event.conversation_id, event.turn)
+            if view is not None:
+                await view.append(event.text)
+                self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
+        elif isinstance(event, AnswerFinished):
+            view = self.answer_view(event.conversation_id, event.turn)
+            if view is not None:
+                await view.finish(event.text, "stopped" if event.stopped else "")
+        elif isinstance(event, TurnFailed):
+            if self.is_current(event.conversation_id):
+                await self.render_transcript()
+                prompt = self.query_one("#prompt", Input)
+                if not prompt.value:
+                    prompt.value = event.query  # given back to edit and send again
+            self.report_failure(event.message, event.details)
+        elif isinstance(event, WorkerFailed):
+            self.report_failure(event.message, event.details)
+        elif isinstance(event, ReadyToQuit):
+            self.shut_down()
+
+    def report_failure(self, message: str, details: str) -> None:
+        """Log the traceback and show the error."""
+        if details:
+            self.log.error(details)
+        self.notify(message, title="Inference error", severity="error", timeout=10)
+
+    def is_current(self, conversation_id: str) -> bool:
+        """Whether ``conversation_id`` is the conversation on screen."""
+        return self.current is not None and self.current.id == conversation_id
 
     # ----- rendering
 
     async def refresh_list(self) -> None:
-        """Rebuild the side list, keeping the current conversation highlighted."""
-        conversations = self.storage.conversations()
+        """Rebuild the side list (and the current conversation's row), keeping it highlighted."""
+        conversations = self.controller.storage.conversations()
+        for conversation in conversations:
+            if self.is_current(conversation.id):
+                self.current = conversation
         view = self.query_one("#conversations", ListView)
         await view.clear()
-        items = [ConversationItem(c, self.foreign_reason(c) is not None) for c in conversations]
-        await view.extend(items)
+        read_only = self.controller.read_only_reason
+        await view.extend(ConversationItem(c, read_only(c) is not None) for c in conversations)
         self.highlight_current()
 
     def highlight_current(self) -> None:
         """Move the side list's cursor to the current conversation."""
         view = self.query_one("#conversations", ListView)
         for index, item in enumerate(view.children):
-            if isinstance(item, ConversationItem) and self.current and item.conversation.id == self.current.id:
+            if isinstance(item, ConversationItem) and self.is_current(item.conversation.id):
                 view.index = index
 
     async def switch_to(self, conversation_id: str) -> None:
-        """Show a conversation; load its memory in the worker unless it is read-only or loaded."""
-        conversation = self.storage.conversation(conversation_id)
-        self.current = conversation
-        state = self.state(conversation_id)
-        state.read_only_reason = self.foreign_reason(conversation)
-        if state.read_only_reason is None and not state.ready and not state.live and state.problem is None:
-            self.open_in_worker(conversation)
+        """Show a conversation; the controller loads its memory unless it is read-only or loaded."""
+        self.current = self.controller.open(conversation_id)
         await self.render_transcript()
+        await self.render_events()
         self.highlight_current()
         self.update_chrome()
 
@@ -210,7 +214,7 @@ class ChatApp(App[None]):
         await transcript.remove_children()
         if self.current is None:
             return
-        messages = self.storage.messages(self.current.id)
+        messages = self.controller.storage.messages(self.current.id)
         views: list[Static | MessageView] = []
         if len(messages) > 2 * SHOWN_TURNS:
             hidden = messages[-2 * SHOWN_TURNS].turn - 1
@@ -219,7 +223,7 @@ class ChatApp(App[None]):
         for message in messages:
             stopped = message.stats is not None and message.stats.stopped
             views.append(MessageView(message.role, message.turn, message.text, "stopped" if stopped else ""))
-        for live in sorted(self.state(self.current.id).live.values(), key=lambda t: t.turn):
+        for live in self.controller.live_turns(self.current.id):
             views.append(MessageView("user", live.turn, live.query))
             views.append(MessageView("assistant", live.turn, live.answer, "stopped" if live.stopped else ""))
         await transcript.mount_all(views)
@@ -227,47 +231,12 @@ class ChatApp(App[None]):
 
     def answer_view(self, conversation_id: str, turn: int) -> MessageView | None:
         """The on-screen answer of a turn, if the conversation is shown."""
-        if self.current is None or self.current.id != conversation_id:
+        if not self.is_current(conversation_id):
             return None
         for view in self.query(MessageView):
             if view.role == "assistant" and view.turn == turn:
                 return view
         return None
-
-    def memory_state(self) -> str:
-        """The current conversation's memory: updating, waiting, ready, or why it is unusable."""
-        if self.current is None:
-            return "-"
-        state = self.state(self.current.id)
-        if state.read_only_reason:
-            return "read-only (other model)"
-        if state.problem:
-            return "snapshot unusable"
-        phases = {live.phase for live in state.live.values()}
-        if "updating" in phases and "queued" in phases:
-            return "updating (your message waits for it)"
-        if "updating" in phases:
-            return "updating"
-        if not state.ready:
-            return "loading"
-        return "ready"
-
-    def activity(self) -> str:
-        """Generation / queue activity across conversations, for the status line."""
-        lives = [live for state in self.states.values() for live in state.live.values()]
-        if any(live.phase == "generating" for live in lives):
-            return "generating (Esc stops)"
-        if any(live.phase == "queued" for live in lives):
-            return "waiting for memory update"
-        if self.quitting:
-            return "saving memory before quitting"
-        return ""
-
-    def turn_stats(self) -> list[TurnStats]:
-        """The figures of every committed turn of the current conversation."""
-        if self.current is None:
-            return []
-        return [m.stats for m in self.storage.messages(self.current.id) if m.stats is not None]
 
     def update_chrome(self) -> None:
         """Refresh the notice banner, input state, status line and memory panel."""
@@ -275,9 +244,9 @@ class ChatApp(App[None]):
             return
         notice = self.query_one("#notice", Static)
         prompt = self.query_one("#prompt", Input)
-        state = self.state(self.current.id) if self.current else ConversationState()
-        message = state.read_only_reason
-        if state.problem:
+        state = self.controller.state(self.current.id) if self.current else None
+        message = state.read_only_reason if state else None
+        if state and state.problem:
             message = (
                 f"The memory snapshot of this conversation cannot be used: {state.problem}\n"
                 f"Press ctrl+z to rewind to turn {state.last_good_turn}, the last turn with a good snapshot."
@@ -285,16 +254,17 @@ class ChatApp(App[None]):
         notice.update(message or "")
         notice.display = bool(message)
         was_disabled = prompt.disabled
-        prompt.disabled = bool(state.read_only_reason or state.problem)
+        prompt.disabled = bool(message)
         if was_disabled and not prompt.disabled and self.screen is self.screen_stack[0]:
             prompt.focus()
-        stats = self.turn_stats()
+        stats = self.controller.turn_stats(self.current.id) if self.current else []
+        activity = self.controller.activity()
         figures = StatusFigures(
-            model=self.worker.model_dir.name,
+            model=self.controller.worker.model_dir.name,
             turn=self.current.turn_count if self.current else 0,
-            memory=self.memory_state(),
+            memory=self.controller.memory_state(self.current.id) if self.current else "-",
             stats=stats[-1] if stats else None,
-            activity=self.activity(),
+            activity="generating (Esc stops)" if activity == "generating" else activity,
         )
         self.query_one(StatusLine).show(figures)
         panel = self.query_one(MemoryPanel)
@@ -309,154 +279,31 @@ class ChatApp(App[None]):
         query = event.value.strip()
         if not query or self.current is None:
             return
-        state = self.state(self.current.id)
-        if state.read_only_reason or state.problem:
-            self.notify(state.read_only_reason or state.problem or "", severity="warning")
-            return
-        if any(live.phase in ("queued", "generating") for live in state.live.values()):
-            self.notify("The previous answer is still coming; press Esc to stop it.", severity="warning")
+        try:
+            self.controller.send(self.current.id, query)
+        except ActionRefused as refusal:
+            self.notify(refusal.message, severity=refusal.severity)
             return
         event.input.value = ""
-        turn = self.current.turn_count + len(state.live) + 1
-        state.live[turn] = LiveTurn(self.current.id, turn, query)
-        if self.current.title == NEW_TITLE and turn == 1:
-            self.current = self.storage.rename(self.current.id, query[:TITLE_LENGTH])
-            await self.refresh_list()
-        self.worker.send(self.current.id, turn, query, self.storage.snapshot_path(self.current.id, turn))
-        transcript = self.query_one("#transcript", VerticalScroll)
-        await transcript.mount_all([MessageView("user", turn, query), MessageView("assistant", turn, "")])
-        transcript.scroll_end(animate=False)
-        self.update_chrome()
+        await self.render_events()
 
     @on(ListView.Selected, "#conversations")
     async def conversation_selected(self, event: ListView.Selected) -> None:
         item = event.item
-        if isinstance(item, ConversationItem) and (self.current is None or item.conversation.id != self.current.id):
+        if isinstance(item, ConversationItem) and not self.is_current(item.conversation.id):
             await self.switch_to(item.conversation.id)
 
-    # ----- worker events
-
-    async def on_worker_message(self, message: WorkerMessage) -> None:
-        event = message.event
-        handler = {
-            SessionReady: self.session_ready,
-            SnapshotProblem: self.snapshot_problem,
-            TurnStarted: self.turn_started,
-            TokenText: self.token_text,
-            AnswerFinished: self.answer_finished,
-            TurnSaved: self.turn_saved,
-            JobFailed: self.job_failed,
-        }[type(event)]
-        await handler(event)
-        if not isinstance(event, TokenText):
-            self.update_chrome()
-        if self.quitting and not self.has_live_turns():
-            self.shut_down()
-
-    def shut_down(self) -> None:
-        """exit(), remembering that late worker events must not touch the torn-down screen."""
-        self.closing = True
-        self.exit()
-
-    def has_live_turns(self) -> bool:
-        """Whether any turn is queued, generating or updating memory."""
-        return any(state.live for state in self.states.values())
-
-    async def session_ready(self, event: SessionReady) -> None:
-        state = self.state(event.conversation_id)
-        state.ready = True
-        state.problem = None
-
-    async def snapshot_problem(self, event: SnapshotProblem) -> None:
-        state = self.state(event.conversation_id)
-        state.ready = False
-        state.problem = event.reason
-        state.last_good_turn = event.last_good_turn
-
-    async def turn_started(self, event: TurnStarted) -> None:
-        live = self.state(event.conversation_id).live.get(event.turn)
-        if live is not None:
-            live.phase = "generating"
-
-    async def token_text(self, event: TokenText) -> None:
-        live = self.state(event.conversation_id).live.get(event.turn)
-        if live is None:
-            return
-        live.answer += event.text
-        view = self.answer_view(event.conversation_id, event.turn)
-        if view is not None:
-            await view.append(event.text)
-            self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
-
-    async def answer_finished(self, event: AnswerFinished) -> None:
-        live = self.state(event.conversation_id).live.get(event.turn)
-        if live is None:
-            return
-        live.phase = "updating"
-        live.stopped = event.stopped
-        view = self.answer_view(event.conversation_id, event.turn)
-        if view is not None:
-            await view.finish(event.text, "stopped" if event.stopped else "")
-        live.answer = event.text
-
-    async def turn_saved(self, event: TurnSaved) -> None:
-        state = self.state(event.conversation_id)
-        state.live.pop(event.turn, None)
-        try:
-            conversation = self.storage.commit_turn(
-                event.conversation_id, event.turn, event.query, event.answer, event.stats
-            )
-        except StorageError as error:
-            event.snapshot.unlink(missing_ok=True)
-            self.notify(f"turn {event.turn} was not saved: {error}", severity="error")
-            self.resync(event.conversation_id)
-            return
-        if self.current is not None and self.current.id == event.conversation_id:
-            self.current = conversation
-        await self.refresh_list()
-
-    async def job_failed(self, event: JobFailed) -> None:
-        if event.conversation_id is not None and event.turn is not None:
-            live = self.state(event.conversation_id).live.pop(event.turn, None)
-            if live is not None:
-                self.resync(event.conversation_id)
-            if live is not None and self.current is not None and self.current.id == event.conversation_id:
-                await self.render_transcript()
-                prompt = self.query_one("#prompt", Input)
-                if not prompt.value:
-                    prompt.value = live.query
-        self.log.error(event.details)
-        self.notify(event.message, title="Inference error", severity="error", timeout=10)
-
-    def resync(self, conversation_id: str) -> None:
-        """After a failed turn, reload the worker's memory from the last committed snapshot.
-
-        The worker's Session may hold an STM that was never committed; reloading keeps every
-        next turn on the stored memory. Waits while other turns of the conversation are in flight.
-        """
-        if self.state(conversation_id).live:
-            return
-        try:
-            conversation = self.storage.conversation(conversation_id)
-        except StorageError:
-            return
-        if self.foreign_reason(conversation) is None:
-            self.open_in_worker(conversation)
+    @on(MessageView.Chosen)
+    def message_chosen(self, event: MessageView.Chosen) -> None:
+        """Remember the clicked turn for the fork dialog and mark its messages."""
+        self.chosen_turn = event.turn
+        for view in self.query(MessageView):
+            view.set_class(view.turn == event.turn, "chosen")
 
     # ----- actions
 
-    def busy(self) -> bool:
-        """Whether the current conversation has turns in flight (then it cannot be changed); notifies."""
-        if self.current is not None and self.state(self.current.id).live:
-            self.notify("Wait until the answer and its memory update are finished.", severity="warning")
-            return True
-        return False
-
     async def action_new_conversation(self) -> None:
-        conversation = self.storage.create_conversation(NEW_TITLE, self.worker.fingerprint)
-        self.current = conversation
-        await self.refresh_list()
-        await self.switch_to(conversation.id)
+        await self.switch_to(self.controller.create().id)
         self.query_one("#prompt", Input).focus()
 
     def action_rename(self) -> None:
@@ -466,111 +313,61 @@ class ChatApp(App[None]):
 
         async def renamed(title: str | None) -> None:
             if title:
-                self.current = self.storage.rename(conversation_id, title)
-                await self.refresh_list()
+                self.controller.rename(conversation_id, title)
+                await self.render_events()
 
         self.push_screen(TextPromptScreen("Rename the conversation", self.current.title), renamed)
 
     def action_delete(self) -> None:
-        if self.current is None or self.busy():
+        if self.current is None or self.refused(self.controller.refuse_if_busy, self.current.id):
             return
         conversation = self.current
 
         async def confirmed(yes: bool | None) -> None:
-            if yes:
-                await self.delete_conversation(conversation.id)
+            if yes and not self.refused(self.controller.delete, conversation.id):
+                self.current = None
+                await self.switch_to(self.controller.latest_or_new().id)
+                self.notify("Conversation deleted.")
 
         self.push_screen(ConfirmScreen(f"Delete “{conversation.title}” and its memory?", "Delete"), confirmed)
 
-    async def delete_conversation(self, conversation_id: str) -> None:
-        """Delete a conversation and show the next one (a new one if none is left)."""
-        self.storage.delete(conversation_id)
-        self.worker.forget(conversation_id)
-        self.states.pop(conversation_id, None)
-        self.current = None
-        remaining = self.storage.conversations()
-        if not remaining:
-            remaining = [self.storage.create_conversation(NEW_TITLE, self.worker.fingerprint)]
-        await self.switch_to(remaining[0].id)
-        await self.refresh_list()
-        self.notify("Conversation deleted.")
+    def refused(self, action, *args) -> bool:
+        """Run a controller action; if it is refused, show why and return True."""
+        try:
+            action(*args)
+        except ActionRefused as refusal:
+            self.notify(refusal.message, severity=refusal.severity)
+            return True
+        return False
 
     async def action_rewind(self) -> None:
-        if self.current is None or self.busy():
+        if self.current is None or self.refused(self.controller.rewind, self.current.id):
             return
-        state = self.state(self.current.id)
-        if state.read_only_reason:
-            self.notify(state.read_only_reason, severity="warning")
-            return
-        if state.problem is not None and state.last_good_turn is not None:
-            target = state.last_good_turn
-        elif self.current.turn_count == 0:
-            self.notify("Nothing to rewind: the conversation has no turns.")
-            return
-        else:
-            target = self.current.turn_count - 1
-        await self.rewind_to(target)
-
-    async def rewind_to(self, turn: int) -> None:
-        """Drop the current conversation's turns after ``turn`` and reload its memory at ``turn``."""
-        assert self.current is not None
-        self.current = self.storage.rewind_to(self.current.id, turn)
-        state = self.state(self.current.id)
-        state.last_good_turn = None
-        self.open_in_worker(self.current)
+        await self.render_events()
         await self.render_transcript()
-        await self.refresh_list()
-        self.notify(f"Rewound to turn {turn}.")
+        self.notify(f"Rewound to turn {self.current.turn_count}.")
 
     def action_fork(self) -> None:
         if self.current is None:
             return
         source = self.current
 
-        def check(value: str) -> str | None:
-            if not value.isdigit() or not 0 <= int(value) <= source.turn_count:
-                return f"type a turn number from 0 to {source.turn_count}"
-            return None
-
         async def chosen(value: str | None) -> None:
-            if value is not None:
-                await self.fork_at(source.id, int(value))
+            if value is None:
+                return
+            try:
+                fork = self.controller.fork(source.id, int(value))
+            except ActionRefused as refusal:
+                self.notify(refusal.message, severity=refusal.severity)
+                return
+            await self.switch_to(fork.id)
+            self.notify(f"Forked at turn {value}: “{fork.title}”.")
 
-        prompt = f"Fork “{source.title}” at which turn? (0 = empty memory, {source.turn_count} = now)"
-        proposed = source.turn_count if self.chosen_turn is None else min(self.chosen_turn, source.turn_count)
-        self.push_screen(TextPromptScreen(prompt, str(proposed), check), chosen)
-
-    @on(MessageView.Chosen)
-    def message_chosen(self, event: MessageView.Chosen) -> None:
-        """Remember the clicked turn for the fork dialog and mark its messages."""
-        self.chosen_turn = event.turn
-        for view in self.query(MessageView):
-            view.set_class(view.turn == event.turn, "chosen")
-
-    async def fork_at(self, conversation_id: str, turn: int) -> None:
-        """Create and show a conversation continuing ``conversation_id`` from ``turn``."""
-        try:
-            fork = self.storage.fork(conversation_id, turn)
-        except StorageError as error:
-            self.notify(str(error), severity="error")
-            return
-        self.current = fork
-        await self.refresh_list()
-        await self.switch_to(fork.id)
-        self.notify(f"Forked at turn {turn}: “{fork.title}”.")
-
-    def last_answer(self) -> str | None:
-        """The latest answer of the current conversation (a live one included)."""
-        if self.current is None:
-            return None
-        live = sorted(self.state(self.current.id).live.values(), key=lambda t: t.turn)
-        if live and live[-1].answer:
-            return live[-1].answer
-        answers = [m.text for m in self.storage.messages(self.current.id) if m.role == "assistant"]
-        return answers[-1] if answers else None
+        proposed = source.turn_count if self.chosen_turn is None else self.chosen_turn
+        self.push_screen(ForkScreen(source, proposed), chosen)
 
     def action_copy_answer(self) -> None:
-        answer = self.last_answer()
+        answer = self.controller.last_answer(self.current.id) if self.current else None
         if answer is None:
             self.notify("No answer to copy yet.")
             return
@@ -581,7 +378,7 @@ class ChatApp(App[None]):
         if self.current is None:
             return
         conversation = self.current
-        default = default_export_path(self.storage.data_dir / "exports", conversation)
+        default = default_export_path(self.controller.storage.data_dir / "exports", conversation)
 
         def written(value: str | None) -> None:
             if value:
@@ -591,10 +388,11 @@ class ChatApp(App[None]):
 
     def export_to(self, conversation_id: str, path: Path) -> Path:
         """Write a conversation's Markdown to ``path`` and notify where it went."""
-        conversation = self.storage.conversation(conversation_id)
+        storage = self.controller.storage
+        markdown = conversation_markdown(storage.conversation(conversation_id), storage.messages(conversation_id))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(conversation_markdown(conversation, self.storage.messages(conversation_id)))
+            path.write_text(markdown)
         except OSError as error:
             self.notify(f"Export failed: {error}", severity="error")
             return path
@@ -611,7 +409,7 @@ class ChatApp(App[None]):
         sidebar.display = not sidebar.display
 
     def action_stop(self) -> None:
-        self.worker.stop()
+        self.controller.stop()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.key_help()))
@@ -630,25 +428,23 @@ class ChatApp(App[None]):
         return rows
 
     async def action_quit(self) -> None:
-        if self.quitting or not self.has_live_turns():
+        if self.controller.quitting or self.controller.wind_down():
             self.shut_down()
             return
-        self.quitting = True
-        for conversation_id, turns in self.worker.drop_queued().items():
-            for turn in turns:
-                self.state(conversation_id).live.pop(turn, None)
-        self.worker.stop()
         self.update_chrome()
-        if not self.has_live_turns():
-            self.shut_down()
+
+    def shut_down(self) -> None:
+        """exit(), remembering that late worker events must not touch the torn-down screen."""
+        self.closing = True
+        self.exit()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for binding in self.BINDINGS:
             title, description = self.ACTION_HELP[binding.action]
             yield SystemCommand(title, f"{description} ({binding.key})", getattr(self, f"action_{binding.action}"))
-        for conversation in self.storage.conversations():
-            if self.current is None or conversation.id != self.current.id:
+        for conversation in self.controller.storage.conversations():
+            if not self.is_current(conversation.id):
                 yield SystemCommand(
                     f"Switch to: {conversation.title}",
                     f"{conversation.turn_count} turns",
@@ -657,16 +453,14 @@ class ChatApp(App[None]):
                 )
 
 
-def run_app(model_dir: str | Path | None, data_dir: str | Path | None = None, sampling: dict | None = None) -> None:
+def run_app(model_dir: str | Path, data_dir: str | Path | None = None, sampling: dict | None = None) -> None:
     """Load the model (raising ModelLoadError with the reason if it cannot be), then run the chat.
 
     Args:
-        model_dir: an MLX model folder (None: the bundled demo model).
+        model_dir: an MLX model folder.
         data_dir: where conversations and memory snapshots are kept (default: the user data dir).
         sampling: keyword arguments for ``Session.interact``.
     """
-    if model_dir is None:
-        model_dir = Path(rxt_mlx.__file__).parent / "demo"
     storage = Storage(data_dir if data_dir is not None else default_data_dir())
     app: ChatApp | None = None
     worker = InferenceWorker(model_dir, lambda event: app.post_worker_event(event) if app else None, sampling)
@@ -679,4 +473,4 @@ def run_app(model_dir: str | Path | None, data_dir: str | Path | None = None, sa
         storage.close()
 
 
-__all__ = ["ChatApp", "ModelLoadError", "run_app", "default_data_dir"]
+__all__ = ["ChatApp", "ModelLoadError", "run_app"]

@@ -54,7 +54,7 @@ async def running_chat(model_folder, data_dir, wait_ready: bool = True):
         async with app.run_test(size=(120, 40)) as pilot:
             await wait_until(pilot, lambda: app.current is not None, what="a conversation")
             if wait_ready:
-                await wait_until(pilot, lambda: app.state(app.current.id).ready, what="memory loaded")
+                await wait_until(pilot, lambda: app.controller.state(app.current.id).ready, what="memory loaded")
             yield app, pilot
     finally:
         worker.shutdown()
@@ -67,8 +67,8 @@ async def send_and_wait(pilot, text: str) -> str:
     turn = app.current.turn_count + 1
     app.query_one("#prompt").value = text
     await pilot.press("enter")
-    await wait_until(pilot, lambda: app.current.turn_count == turn and not app.has_live_turns(), what=f"turn {turn}")
-    return app.storage.messages(app.current.id)[-1].text
+    await wait_until(pilot, lambda: app.current.turn_count == turn and not app.controller.has_live_turns(), what=f"turn {turn}")
+    return app.controller.storage.messages(app.current.id)[-1].text
 
 
 def reference_answers(model_folder, queries: list[str], stm=None) -> tuple[list[str], mx.array]:
@@ -97,7 +97,7 @@ async def test_streamed_answer_matches_a_session(model_folders, tmp_path):
         shown = [view.text for view in app.query("MessageView")]
         assert shown == ["Hi, I'm Ann.", answer]
         snapshot, metadata = load_stm(
-            app.storage.snapshot_path(app.current.id, 1), model_fingerprint=app.worker.fingerprint
+            app.controller.storage.snapshot_path(app.current.id, 1), model_fingerprint=app.controller.worker.fingerprint
         )
         assert metadata["turn"] == "1"
         assert_stm_equal(snapshot, expected_stm)
@@ -114,8 +114,8 @@ async def test_restart_continues_from_the_restored_memory(model_folders, tmp_pat
     async with running_chat(model_folders["a"], data) as (app, pilot):
         assert app.current.id == conversation_id
         assert [view.text for view in app.query("MessageView")] == ["Hi, I'm Ann.", first]
-        snapshot, _ = load_stm(app.storage.snapshot_path(conversation_id, 1), model_fingerprint=app.worker.fingerprint)
-        assert_stm_equal(app.worker.session(conversation_id).stm, snapshot)
+        snapshot, _ = load_stm(app.controller.storage.snapshot_path(conversation_id, 1), model_fingerprint=app.controller.worker.fingerprint)
+        assert_stm_equal(app.controller.worker.session(conversation_id).stm, snapshot)
         second = await send_and_wait(pilot, "What is my name?")
     model, tokenizer = rxt_mlx.load(model_folders["a"])
     restored = Session.restore(model, tokenizer, Storage(data).snapshot_path(conversation_id, 1))
@@ -130,30 +130,30 @@ async def test_rewind_fork_and_delete(model_folders, tmp_path):
         await send_and_wait(pilot, "Hi, I'm Ann.")
         second = await send_and_wait(pilot, "I like tea.")
         source = app.current.id
-        turn_one, _ = load_stm(app.storage.snapshot_path(source, 1), model_fingerprint=app.worker.fingerprint)
+        turn_one, _ = load_stm(app.controller.storage.snapshot_path(source, 1), model_fingerprint=app.controller.worker.fingerprint)
 
         await pilot.press("ctrl+z")
-        await wait_until(pilot, lambda: app.current.turn_count == 1 and app.state(source).ready, what="rewound")
-        assert not app.storage.snapshot_path(source, 2).exists()
-        assert_stm_equal(app.worker.session(source).stm, turn_one)
+        await wait_until(pilot, lambda: app.current.turn_count == 1 and app.controller.state(source).ready, what="rewound")
+        assert not app.controller.storage.snapshot_path(source, 2).exists()
+        assert_stm_equal(app.controller.worker.session(source).stm, turn_one)
         assert await send_and_wait(pilot, "I like tea.") == second
 
         await pilot.press("ctrl+f")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "TextPromptScreen")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ForkScreen")
         app.screen.query_one("#answer").value = "1"
         await pilot.press("enter")
-        await wait_until(pilot, lambda: app.current.id != source and app.state(app.current.id).ready, what="fork")
+        await wait_until(pilot, lambda: app.current.id != source and app.controller.state(app.current.id).ready, what="fork")
         fork = app.current.id
         assert app.current.turn_count == 1
-        assert_stm_equal(app.worker.session(fork).stm, turn_one)
+        assert_stm_equal(app.controller.worker.session(fork).stm, turn_one)
         assert await send_and_wait(pilot, "I like tea.") == second
 
         await pilot.press("f8")
         await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen")
         await pilot.click("#confirm")
         await wait_until(pilot, lambda: app.current.id == source)
-        assert [c.id for c in app.storage.conversations()] == [source]
-        assert not (app.storage.snapshot_root / fork).exists()
+        assert [c.id for c in app.controller.storage.conversations()] == [source]
+        assert not (app.controller.storage.snapshot_root / fork).exists()
 
 
 async def test_conversation_of_another_model_is_read_only(model_folders, tmp_path):
@@ -165,9 +165,9 @@ async def test_conversation_of_another_model_is_read_only(model_folders, tmp_pat
         await wait_until(pilot, lambda: app.current.id == foreign)
         assert "another model" in str(app.query_one("#notice").render())
         assert app.query_one("#prompt").disabled
-        assert foreign not in app.worker._sessions
+        assert foreign not in app.controller.worker._sessions
         await pilot.press("ctrl+n")
-        await wait_until(pilot, lambda: app.current.id != foreign and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: app.current.id != foreign and app.controller.state(app.current.id).ready)
         assert await send_and_wait(pilot, "Hello") == reference_answers(model_folders["b"], ["Hello"])[0][0]
 
 
@@ -177,17 +177,17 @@ async def test_corrupt_snapshot_offers_rewind_to_last_good_turn(model_folders, t
         await send_and_wait(pilot, "Hi, I'm Ann.")
         second = await send_and_wait(pilot, "I like tea.")
         conversation_id = app.current.id
-        snapshot = app.storage.snapshot_path(conversation_id, 2)
+        snapshot = app.controller.storage.snapshot_path(conversation_id, 2)
     damaged = bytearray(snapshot.read_bytes())
     damaged[-5] ^= 0xFF
     snapshot.write_bytes(bytes(damaged))
     async with running_chat(model_folders["a"], data, wait_ready=False) as (app, pilot):
-        await wait_until(pilot, lambda: app.state(conversation_id).problem is not None, what="problem shown")
+        await wait_until(pilot, lambda: app.controller.state(conversation_id).problem is not None, what="problem shown")
         notice = str(app.query_one("#notice").render())
         assert "checksum" in notice and "rewind to turn 1" in notice
         assert app.query_one("#prompt").disabled
         await pilot.press("ctrl+z")
-        await wait_until(pilot, lambda: app.state(conversation_id).ready and app.current.turn_count == 1)
+        await wait_until(pilot, lambda: app.controller.state(conversation_id).ready and app.current.turn_count == 1)
         assert await send_and_wait(pilot, "I like tea.") == second
 
 
@@ -283,16 +283,16 @@ async def test_missing_snapshot_offers_rewind_to_the_start(model_folders, tmp_pa
     async with running_chat(model_folders["a"], data) as (app, pilot):
         await send_and_wait(pilot, "Hi, I'm Ann.")
         conversation_id = app.current.id
-        app.storage.snapshot_path(conversation_id, 1).unlink()
+        app.controller.storage.snapshot_path(conversation_id, 1).unlink()
         await pilot.press("ctrl+n")
-        await wait_until(pilot, lambda: app.current.id != conversation_id and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: app.current.id != conversation_id and app.controller.state(app.current.id).ready)
     async with running_chat(model_folders["a"], data, wait_ready=False) as (app, pilot):
         await pilot.click("#conversations > ConversationItem:last-of-type")
         await wait_until(pilot, lambda: app.current.id == conversation_id)
-        await wait_until(pilot, lambda: app.state(conversation_id).problem is not None, what="problem shown")
+        await wait_until(pilot, lambda: app.controller.state(conversation_id).problem is not None, what="problem shown")
         notice = str(app.query_one("#notice").render())
         assert "cannot read STM file" in notice and "rewind to turn 0" in notice
-        other = [c for c in app.storage.conversations() if c.id != conversation_id][0]
+        other = [c for c in app.controller.storage.conversations() if c.id != conversation_id][0]
         await app.switch_to(other.id)
         assert await send_and_wait(pilot, "Hello") == reference_answers(model_folders["a"], ["Hello"])[0][0]
 
@@ -314,7 +314,7 @@ def post(event):
 
 async def main():
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: app.current is not None and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: app.current is not None and app.controller.state(app.current.id).ready)
         for query in queries:
             turn = app.current.turn_count + 1
             app.query_one("#prompt").value = query
@@ -353,7 +353,7 @@ async def test_a_query_the_model_refuses_is_reported_and_the_chat_goes_on(model_
     async with running_chat(model_folders["a"], tmp_path / "data") as (app, pilot):
         app.query_one("#prompt").value = "tea " * 80
         await pilot.press("enter")
-        await wait_until(pilot, lambda: not app.has_live_turns() and len(app._notifications) > 0, what="the error")
+        await wait_until(pilot, lambda: not app.controller.has_live_turns() and len(app._notifications) > 0, what="the error")
         assert any("seq_len" in notification.message for notification in app._notifications)
         assert app.current.turn_count == 0 and list(app.query("MessageView")) == []
         assert app.query_one("#prompt").value == ("tea " * 80).strip()  # given back to edit

@@ -77,7 +77,7 @@ def make_app(tmp_path, worker=None):
 
 
 def ready(app) -> bool:
-    return app.current is not None and app.state(app.current.id).ready
+    return app.current is not None and app.controller.state(app.current.id).ready
 
 
 def transcript(app) -> list[tuple[str, int, str]]:
@@ -96,13 +96,13 @@ async def test_stream_update_and_queue_behind_memory_update(tmp_path):
         await type_and_send(pilot, "hello there")
         await wait_until(pilot, lambda: len(worker.sent) == 1)
         worker.answer(0, ["Hi", " *Ann*"])
-        await wait_until(pilot, lambda: app.memory_state() == "updating")
+        await wait_until(pilot, lambda: app.controller.memory_state(app.current.id) == "updating")
         assert transcript(app)[-1] == ("assistant", 1, "Hi *Ann*")
         assert app.current.title == "hello there"
         # typed before the memory update finished: queued behind it
         await type_and_send(pilot, "second")
         await wait_until(pilot, lambda: len(worker.sent) == 2)
-        assert "your message waits" in app.memory_state()
+        assert "your message waits" in app.controller.memory_state(app.current.id)
         assert "waiting for memory update" in str(app.query_one(StatusLine).render())
         worker.save(0, "Hi *Ann*")
         await wait_until(pilot, lambda: app.current.turn_count == 1)
@@ -144,13 +144,13 @@ async def test_rewind_fork_delete(tmp_path):
         await pilot.press("ctrl+z")
         await wait_until(pilot, lambda: app.current.turn_count == 2 and len(transcript(app)) == 4)
         assert worker.opened[-1] == (source.id, 2)
-        assert not app.storage.snapshot_path(source.id, 3).exists()
+        assert not app.controller.storage.snapshot_path(source.id, 3).exists()
 
         first_answer = [view for view in app.query(MessageView) if view.turn == 1][1]
         await pilot.click(first_answer)
         await wait_until(pilot, lambda: app.chosen_turn == 1)
         await pilot.press("ctrl+f")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "TextPromptScreen")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ForkScreen")
         assert app.screen.query_one("#answer").value == "1"
         app.screen.query_one("#answer").value = "9"
         await pilot.press("enter")
@@ -167,12 +167,12 @@ async def test_rewind_fork_delete(tmp_path):
         await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen")
         await pilot.press("escape")
         await wait_until(pilot, lambda: app.screen.__class__.__name__ != "ConfirmScreen")
-        assert app.storage.conversation(fork.id).turn_count == 1
+        assert app.controller.storage.conversation(fork.id).turn_count == 1
         await pilot.press("f8")
         await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen")
         await pilot.click("#confirm")
         await wait_until(pilot, lambda: app.current.id == source.id)
-        assert [c.id for c in app.storage.conversations()] == [source.id]
+        assert [c.id for c in app.controller.storage.conversations()] == [source.id]
         assert worker.forgotten == [fork.id]
 
 
@@ -189,7 +189,7 @@ async def test_foreign_model_is_read_only(tmp_path):
         assert "another model" in notice and "000000000000" in notice
         assert app.query_one("#prompt").disabled
         await pilot.press("ctrl+n")
-        await wait_until(pilot, lambda: app.current.id != foreign.id and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: app.current.id != foreign.id and app.controller.state(app.current.id).ready)
         assert not app.query_one("#prompt").disabled
 
 
@@ -203,13 +203,13 @@ async def test_corrupt_snapshot_offers_rewind(tmp_path):
     worker.problem = "turn 2 snapshot: STM bytes do not match their checksum (the file is corrupt)"
     app, worker = make_app(tmp_path, worker)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: app.state(conversation_id).problem is not None)
+        await wait_until(pilot, lambda: app.controller.state(conversation_id).problem is not None)
         notice = str(app.query_one("#notice").render())
         assert "checksum" in notice and "rewind to turn 1" in notice
         assert app.query_one("#prompt").disabled
         worker.problem = None
         await pilot.press("ctrl+z")
-        await wait_until(pilot, lambda: app.current.turn_count == 1 and app.state(conversation_id).ready)
+        await wait_until(pilot, lambda: app.current.turn_count == 1 and app.controller.state(conversation_id).ready)
         assert not app.query_one("#prompt").disabled
         assert not app.query_one("#notice").display
 
@@ -253,7 +253,7 @@ async def test_copy_export_help_palette_stop(tmp_path):
         await pilot.press("escape")
         assert worker.stops == 1
         worker.answer(1, ["par", "tial"], stopped=True)
-        await wait_until(pilot, lambda: app.memory_state() == "updating")
+        await wait_until(pilot, lambda: app.controller.memory_state(app.current.id) == "updating")
         answer = list(app.query(MessageView))[-1]
         assert (answer.text, answer.role_line()) == ("partial", "RxT · turn 2 · stopped")
         worker.save(1, "partial")
@@ -267,10 +267,10 @@ async def test_quit_waits_for_memory_update(tmp_path):
         await type_and_send(pilot, "remember this")
         await wait_until(pilot, lambda: len(worker.sent) == 1)
         worker.answer(0, ["sure"])
-        await wait_until(pilot, lambda: app.memory_state() == "updating")
+        await wait_until(pilot, lambda: app.controller.memory_state(app.current.id) == "updating")
         await pilot.press("ctrl+q")
         await pilot.pause()
-        assert app.is_running and app.quitting
+        assert app.is_running and app.controller.quitting
         worker.save(0, "sure")
         await wait_until(pilot, lambda: not app.is_running)
     storage = Storage(tmp_path / "data")
@@ -284,7 +284,7 @@ async def test_rename_and_switch_from_the_list(tmp_path):
         await answered_turns(pilot, worker, ["first chat"])
         first = app.current.id
         await pilot.press("ctrl+n")
-        await wait_until(pilot, lambda: app.current.id != first and app.state(app.current.id).ready)
+        await wait_until(pilot, lambda: app.current.id != first and app.controller.state(app.current.id).ready)
         second = app.current.id
         assert transcript(app) == []
 
@@ -292,7 +292,7 @@ async def test_rename_and_switch_from_the_list(tmp_path):
         await wait_until(pilot, lambda: app.screen.__class__.__name__ == "TextPromptScreen")
         app.screen.query_one("#answer").value = "Tea talk"
         await pilot.press("enter")
-        await wait_until(pilot, lambda: app.storage.conversation(second).title == "Tea talk")
+        await wait_until(pilot, lambda: app.controller.storage.conversation(second).title == "Tea talk")
 
         conversations = app.query_one("#conversations")
         conversations.focus()
