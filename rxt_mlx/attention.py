@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from rxt_mlx.cache import KVCache
 from rxt_mlx.config import AttentionShape
 from rxt_mlx.layers import activation
 
@@ -131,48 +132,22 @@ class Attention(nn.Module):
         *,
         kv: tuple[mx.array, mx.array] | None = None,
         mask: mx.array | str | None = None,
-        cache=None,
+        cache: KVCache | None = None,
         offset: int | mx.array | RotaryTables = 0,
     ) -> mx.array:
         """Attend from ``x`` (B, T, D) to ``context`` (default: ``x``) or to precomputed ``kv``.
 
-        ``offset`` is the position of ``x[:, 0]`` (for RoPE); ``cache`` (mlx-lm ``KVCache``)
-        receives the new keys/values and returns all cached ones.
+        ``offset`` is the position of ``x[:, 0]`` (for RoPE: an int, a scalar array or the
+        tables of :meth:`Rope.tables`). ``cache`` receives the new keys/values and returns what
+        to attend to, with its own mask in place of ``mask``.
         """
         queries = self._heads(self.q_proj(x), self.shape.query_heads)
         if self.rope_queries:
             queries = self.rope(queries, offset)
         keys, values = kv if kv is not None else self.project_kv(x if context is None else context, offset)
         if cache is not None:
-            keys, values = cache.update_and_fetch(keys, values)
+            keys, values, mask = cache.update_and_fetch(keys, values)
         return self._attend(x, queries, keys, values, mask)
-
-    def step_into(
-        self,
-        x: mx.array,
-        keys: mx.array,
-        values: mx.array,
-        offset: mx.array,
-        mask: mx.array,
-        rotary: RotaryTables | None = None,
-    ) -> tuple[mx.array, mx.array, mx.array]:
-        """Self-attention of one token per row at position ``offset`` over fixed-capacity KV buffers.
-
-        ``keys``/``values`` (B, H_kv, capacity, hd) hold the earlier positions; the new key/value
-        is written at ``offset`` (a scalar int32 array) and ``mask`` (capacity,) keeps positions
-        ``<= offset``. Every shape is independent of the position, so the decode step can be
-        compiled once (see :meth:`rxt_mlx.decoder.Decoder.step`). ``rotary``: the RoPE tables
-        of that position, if already computed. Returns (output, keys, values).
-        """
-        position = offset if rotary is None else rotary
-        queries = self._heads(self.q_proj(x), self.shape.query_heads)
-        if self.rope_queries:
-            queries = self.rope(queries, position)
-        new_keys, new_values = self.project_kv(x, position)
-        start = offset.reshape(1)
-        keys = mx.slice_update(keys, new_keys, start, axes=(2,))
-        values = mx.slice_update(values, new_values, start, axes=(2,))
-        return self._attend(x, queries, keys, values, mask), keys, values
 
     def _attend(self, x: mx.array, queries: mx.array, keys: mx.array, values: mx.array, mask) -> mx.array:
         if keys.shape[0] != queries.shape[0]:

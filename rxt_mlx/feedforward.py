@@ -16,6 +16,7 @@ import mlx.nn as nn
 from mlx_lm.models.switch_layers import SwitchGLU
 
 from rxt_mlx.config import TransformerConfig
+from rxt_mlx.cpu_matmul import linear_rows
 from rxt_mlx.layers import activation
 
 ROUTER_EPS = 1e-9
@@ -30,18 +31,7 @@ class GatedLinearUnit(nn.Module):
         self.act = act
 
     def __call__(self, x: mx.array) -> mx.array:
-        if type(self.linear) is not nn.Linear:  # quantized: one fused quantized matmul
-            value, gate = mx.split(self.linear(x), 2, axis=-1)
-            return value * self.act(gate)
-        # Two half-width products on row views of the weight (bit-identical to the fused one):
-        # a single D -> 2F product runs much slower on multi-threaded CPU BLAS at a few tokens.
-        weight, hidden = self.linear.weight, self.linear.weight.shape[0] // 2
-        if "bias" in self.linear:
-            bias = self.linear.bias
-            value = mx.addmm(bias[:hidden], x, weight[:hidden].T)
-            gate = mx.addmm(bias[hidden:], x, weight[hidden:].T)
-        else:
-            value, gate = x @ weight[:hidden].T, x @ weight[hidden:].T
+        value, gate = linear_rows(x, self.linear, parts=2)
         return value * self.act(gate)
 
 

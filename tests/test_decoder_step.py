@@ -1,11 +1,14 @@
-"""The compiled single-token decoder step: the same logits as the uncompiled path and full recompute."""
+"""The decoder's cached forward path: the compiled one-token call equals the same path run
+uncompiled and the full recompute; the KV cache and the row-blocked products it relies on."""
 
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 import pytest
 
-import rxt_mlx.decoder as decoder_module
+from rxt_mlx import cpu_matmul
+from rxt_mlx.cache import CACHE_STEP, KVCache
 from rxt_mlx.model import quantize_model
 from tests.factories import PARITY_CONFIGS, random_mlx_model, tiny_config
 
@@ -25,14 +28,21 @@ def decode(decoder, ids: mx.array, memory, prefix: int) -> mx.array:
     return mx.concatenate(steps, axis=1)
 
 
+def uncompiled_decode(decoder, ids, memory, prefix):
+    mx.disable_compile()
+    try:
+        return decode(decoder, ids, memory, prefix)
+    finally:
+        mx.enable_compile()
+
+
 @pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
-def test_compiled_step_equals_uncompiled_path_and_full_recompute(name, monkeypatch):
+def test_compiled_step_equals_uncompiled_path_and_full_recompute(name):
     model = random_mlx_model(PARITY_CONFIGS[name](), seed=5)
     decoder, ids = model.decoder, token_ids(12)
     memory = decoder.project_memory(model.initial_stm(1, seed=2))
     compiled = decode(decoder, ids, memory, prefix=4)
-    monkeypatch.setattr(decoder_module, "_steppable", lambda cache: False)
-    uncompiled = decode(decoder, ids, memory, prefix=4)
+    uncompiled = uncompiled_decode(decoder, ids, memory, prefix=4)
     full = decoder(ids, memory=memory)
     assert mx.allclose(compiled, uncompiled, atol=1e-5, rtol=1e-5).item()
     assert mx.allclose(compiled, full, atol=1e-4, rtol=1e-4).item()
@@ -42,9 +52,9 @@ def test_compiled_step_equals_uncompiled_path_and_full_recompute(name, monkeypat
 def test_step_crosses_cache_buffer_boundaries():
     config = tiny_config(seq_len=256)
     model = random_mlx_model(config, seed=6)
-    decoder, ids = model.decoder, token_ids(decoder_module.CACHE_STEP * 2 + 5, seed=3)
+    decoder, ids = model.decoder, token_ids(CACHE_STEP * 2 + 5, seed=3)
     memory = decoder.project_memory(model.initial_stm(1, seed=4))
-    stepped = decode(decoder, ids, memory, prefix=decoder_module.CACHE_STEP - 2)
+    stepped = decode(decoder, ids, memory, prefix=CACHE_STEP - 2)
     assert mx.allclose(stepped, decoder(ids, memory=memory), atol=1e-4, rtol=1e-4).item()
 
 
@@ -60,9 +70,29 @@ def test_step_picks_up_replaced_and_quantized_weights():
     assert mx.allclose(decode(decoder, ids, memory, prefix=3), decoder(ids, memory=memory), atol=1e-3).item()
 
 
-def test_head_blocks_match_the_single_product(monkeypatch):
-    model = random_mlx_model(tiny_config(), seed=8)
-    decoder = model.decoder
-    monkeypatch.setattr(decoder_module, "HEAD_BLOCK_MACS", 32 * 40)  # 64-row blocks at D=32
-    x = mx.random.normal((1, 1, 32), key=mx.random.key(0))
-    assert mx.allclose(decoder._step_head(x), decoder._head(x), atol=1e-6).item()
+def test_cache_appends_in_buffers_that_grow_by_whole_steps():
+    cache = KVCache(step=4)
+    keys = mx.random.normal((2, 3, 7, 5), key=mx.random.key(0))
+    values = keys + 1
+    fetched_keys, fetched_values, mask = cache.update_and_fetch(keys[:, :, :3], values[:, :, :3])
+    assert mask == "causal" and fetched_keys.shape == (2, 3, 3, 5) and cache.capacity == 4
+    for position in (3, 4):
+        fetched_keys, fetched_values, mask = cache.update_and_fetch(
+            keys[:, :, position : position + 1], values[:, :, position : position + 1]
+        )
+    assert cache.offset == 5 and cache.capacity == 8 and fetched_keys.shape == (2, 3, 8, 5)
+    assert mask.tolist() == [True] * 5 + [False] * 3
+    assert mx.array_equal(fetched_keys[:, :, :5], keys[:, :, :5]).item()
+    assert mx.array_equal(fetched_values[:, :, :5], values[:, :, :5]).item()
+    fetched_keys, _, mask = cache.update_and_fetch(keys[:, :, 5:], values[:, :, 5:])
+    assert mask == "causal" and mx.array_equal(fetched_keys, keys).item()
+
+
+@pytest.mark.parametrize(("rows", "parts", "bias"), [(1, None, True), (3, None, True), (1, 2, False), (4, 2, True)])
+def test_row_blocks_match_the_single_product(monkeypatch, rows, parts, bias):
+    monkeypatch.setattr(cpu_matmul, "BLOCK_MACS", 32 * 40)  # 64-row blocks at D=32
+    linear = nn.Linear(32, 320, bias=bias)
+    x = mx.random.normal((1, rows, 32), key=mx.random.key(0))
+    blocks = cpu_matmul.linear_rows(x, linear, parts)
+    assert len(blocks) == (parts or (5 if rows == 1 else 1))
+    assert mx.allclose(mx.concatenate(blocks, axis=-1), linear(x), atol=1e-6).item()
