@@ -35,6 +35,7 @@ from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 from rxt_mlx import load  # noqa: E402
 from rxt_mlx.bench.baseline import baseline_shape, build_baseline  # noqa: E402
 from rxt_mlx.bench.machine import machine_info  # noqa: E402
+from rxt_mlx.sampling import forced_tokens_processor  # noqa: E402
 from rxt_mlx.session import Session, TokenEvent  # noqa: E402
 
 STEPS = 32
@@ -116,7 +117,9 @@ def session_loop(model, tokenizer):
 
     def run() -> float:
         session = Session(model, tokenizer)
-        events = session.generate("hello there", force_tokens=forced)
+        events = session.generate(
+            "hello there", max_tokens=len(forced), logits_processors=[forced_tokens_processor(forced)]
+        )
         stamps = [time.perf_counter() for event in events if isinstance(event, TokenEvent)]
         return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rxt_mlx  # noqa: E402
 from rxt_mlx.config import RxTConfig  # noqa: E402
 from rxt_mlx.model import RxT, save_model  # noqa: E402
+from rxt_mlx.sampling import forced_tokens_processor  # noqa: E402
 from rxt_mlx.session import AnswerDone, MemoryUpdated, Session  # noqa: E402
 from tests.tokenizer_factories import tokenizer_config, write_bpe_tokenizer  # noqa: E402
 
@@ -54,11 +55,15 @@ def run(model_dir: Path, turns: int, answer_tokens: int) -> list[dict[str, float
     session = Session(model, tokenizer)
     answer = tokenizer.encode("The capital of France is Paris, and it is lovely in spring. ")
     answer = (answer * (answer_tokens // len(answer) + 1))[:answer_tokens]
-    list(session.interact("Warm-up turn, not measured.", force_tokens=answer))
+
+    def forced() -> dict:
+        return {"max_tokens": len(answer), "logits_processors": [forced_tokens_processor(answer)]}
+
+    list(session.interact("Warm-up turn, not measured.", **forced()))
     rows = []
     for turn in range(1, turns + 1):
         row: dict[str, float] = {"turn": turn}
-        for event in session.interact(f"Question number {turn:03d}: what did I say?", force_tokens=answer):
+        for event in session.interact(f"Question number {turn:03d}: what did I say?", **forced()):
             if isinstance(event, AnswerDone):
                 row.update(
                     tokens=event.tokens,

@@ -3,8 +3,8 @@
 Usage: python benchmarks/speed_step.py MODEL_DIR [--repeats 9]
 
 Every round runs each measurement once, round-robin (load changes hit all alike); medians.
-``*_uncompiled`` variants switch off :meth:`rxt_mlx.decoder.Decoder.step` (the compiled
-single-token step), so the gain of each speed change is measured in one process.
+``*_uncompiled`` variants switch off MLX compilation (the decoder's compiled one-token call),
+so the gain of each speed change is measured in one process.
 """
 
 from __future__ import annotations
@@ -20,26 +20,27 @@ from rxt_mlx.blas import preload_optimised_blas
 preload_optimised_blas()
 
 
-import rxt_mlx.decoder as decoder_module  # noqa: E402
+import mlx.core as mx  # noqa: E402
+
 from rxt_mlx import load  # noqa: E402
 from rxt_mlx.bench.baseline import StatelessChat, baseline_shape, build_baseline  # noqa: E402
 from rxt_mlx.bench.systems import query_text  # noqa: E402
+from rxt_mlx.sampling import forced_tokens_processor  # noqa: E402
 from rxt_mlx.session import Session, TokenEvent  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from profile_decode import STEPS, baseline_loop, rxt_loop  # noqa: E402
 
 CONTEXT = 35
-_steppable = decoder_module._steppable
 
 
 def uncompiled(run):
     def wrapped():
-        decoder_module._steppable = lambda cache: False
+        mx.disable_compile()
         try:
             return run()
         finally:
-            decoder_module._steppable = _steppable
+            mx.enable_compile()
 
     return wrapped
 
@@ -59,7 +60,7 @@ def stream_ms(tokens):
 def rxt_session(model, tokenizer, query, answer, which=0):
     def run():
         session = Session(model, tokenizer)
-        events = session.generate(query, max_tokens=len(answer), force_tokens=answer)
+        events = session.generate(query, max_tokens=len(answer), logits_processors=[forced_tokens_processor(answer)])
         return stream_ms(event.id for event in events if isinstance(event, TokenEvent))[which]
 
     return run

@@ -24,6 +24,7 @@ import mlx.core as mx  # noqa: E402
 
 from rxt_mlx import load  # noqa: E402
 from rxt_mlx.bench.systems import measure, query_text  # noqa: E402
+from rxt_mlx.sampling import forced_tokens_processor  # noqa: E402
 from rxt_mlx.session import Session, TokenEvent  # noqa: E402
 
 _eager = Session._set_stm
@@ -43,13 +44,16 @@ def probe(model, tokenizer, lazy: bool) -> dict[str, float]:
     def ttft(events) -> float:
         return measure(event.id for event in events if isinstance(event, TokenEvent)).ttft_seconds * 1000
 
-    def scratch() -> float:
-        return ttft(Session(model, tokenizer, stm=session.stm).generate(query, force_tokens=answer))
+    def forced() -> dict:
+        return {"max_tokens": len(answer), "logits_processors": [forced_tokens_processor(answer)]}
 
-    for _ in session.interact(first_query, force_tokens=answer):
+    def scratch() -> float:
+        return ttft(Session(model, tokenizer, stm=session.stm).generate(query, **forced()))
+
+    for _ in session.interact(first_query, **forced()):
         pass
     result = {"after": scratch(), "without": scratch()}
-    result["same_session_next_turn"] = ttft(session.generate(query, force_tokens=answer))
+    result["same_session_next_turn"] = ttft(session.generate(query, **forced()))
     Session._set_stm = _eager
     return result
 

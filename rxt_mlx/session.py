@@ -22,11 +22,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 
 from . import stm as stm_file
-from .sampling import SamplingOptions
+from .sampling import LogitsProcessor, SamplingOptions
 from .tokenizer import RxTTokenizer
 
 
@@ -138,66 +139,57 @@ class Session:
     def interact(
         self,
         query: str,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        min_p: float = 0.0,
-        repetition_penalty: float | None = None,
-        seed: int | None = None,
-        force_tokens: Sequence[int] | None = None,
+        options: SamplingOptions | None = None,
+        *,
+        logits_processors: Sequence[LogitsProcessor] | None = None,
+        **sampling: Any,
     ) -> Iterator[Event]:
         """One turn: ``TokenEvent``s, ``AnswerDone``, then ``MemoryUpdated``.
 
         Arguments as :meth:`generate`.
         """
-        yield from self.generate(
-            query, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed, force_tokens
-        )
+        yield from self.generate(query, options, logits_processors=logits_processors, **sampling)
         yield self.update_memory()
 
     def generate(
         self,
         query: str,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        min_p: float = 0.0,
-        repetition_penalty: float | None = None,
-        seed: int | None = None,
-        force_tokens: Sequence[int] | None = None,
+        options: SamplingOptions | None = None,
+        *,
+        logits_processors: Sequence[LogitsProcessor] | None = None,
+        **sampling: Any,
     ) -> Iterator[TokenEvent | AnswerDone]:
         """Stream the answer to ``query``: ``TokenEvent`` per token, then ``AnswerDone``.
 
         Args:
             query: the user's text (not empty).
-            max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed: see
-                :class:`rxt_mlx.sampling.SamplingOptions` (``temperature=0`` is greedy).
-            force_tokens: make the answer exactly these ids (still computed step by step, for
-                benchmarks); sampling and EOS are then ignored.
+            options: how to sample (default :class:`~rxt_mlx.sampling.SamplingOptions()`,
+                greedy, 256 tokens at most).
+            logits_processors: mlx-lm style ``(tokens, logits) -> logits`` callables applied
+                after those of ``options`` (the repetition penalty), for example
+                :func:`rxt_mlx.sampling.forced_tokens_processor`.
+            **sampling: fields of :class:`~rxt_mlx.sampling.SamplingOptions` overriding
+                ``options`` (``max_tokens=64, temperature=0.0``).
 
         The generator validates its arguments at the first ``next()``; it raises ``ValueError``
         for an empty query, a query too long for the decoder or invalid sampling values.
         Afterwards call :meth:`update_memory` (or use :meth:`interact`).
         """
         started = time.perf_counter()
-        options = SamplingOptions(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed)
+        options = SamplingOptions.of(options, **sampling)
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be non-empty text, got {query!r}")
         prompt = self.tokenizer.query_ids(query)
         budget = self._answer_budget(len(prompt), options.max_tokens)
         self._checked_ids(prompt, "query")
-        if force_tokens is not None:
-            force_tokens = self._checked_forced(force_tokens, budget)
-            budget = len(force_tokens)
         if self._pending is not None:
             self._run_update()
         self._stop.clear()
         if options.seed is not None:
             mx.random.seed(options.seed)
         answer: list[int] = []
-        timing = yield from self._decode(prompt, budget, options, force_tokens, answer)
+        processors = [*options.logits_processors(), *(logits_processors or ())]
+        timing = yield from self._decode(prompt, budget, options.sampler(), processors, answer)
         prompt_seconds, first_token_at, last_token_at, stopped = timing
         self._pending = prompt + answer
         decode_seconds = last_token_at - first_token_at
@@ -210,13 +202,11 @@ class Session:
             stopped=stopped,
         )
 
-    def _decode(self, prompt, budget, options, force_tokens, answer):
+    def _decode(self, prompt, budget, sampler, processors, answer):
         """The token loop (mlx-lm ``generate_step`` style: the next step is queued before yielding)."""
         decoder = self.model.decoder
-        sampler = options.sampler()
-        processors = options.logits_processors()
         cache = decoder.make_cache()
-        history = mx.array(prompt, dtype=mx.uint32)  # the repetition-penalty context
+        history = mx.array(prompt, dtype=mx.uint32)  # what the logits processors see
         eos = self.tokenizer.eos_id
         text_stream = self.tokenizer.streaming_detokenizer()
 
@@ -226,7 +216,6 @@ class Session:
                 logits = processor(history, logits)
             return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
-        forced = [mx.array([token], dtype=mx.uint32) for token in force_tokens] if force_tokens else None
         prefill_started = time.perf_counter()
         memory = self._memory
         sampled = step(history)
@@ -234,26 +223,23 @@ class Session:
         prompt_seconds = first_token_at = last_token_at = 0.0
         stopped = False
         for index in range(budget):
-            current = forced[index] if forced else sampled
             is_last = index + 1 == budget
             if not is_last:
                 if processors:
-                    history = mx.concatenate([history, current])
-                next_sampled = step(current)
+                    history = mx.concatenate([history, sampled])
+                next_sampled = step(sampled)
                 mx.async_eval(next_sampled)
             if index == 0:
                 mx.eval(sampled)
                 first_token_at = time.perf_counter()
                 prompt_seconds = first_token_at - prefill_started
-            elif forced:
-                mx.eval(sampled)
             if self._stop.is_set():
                 stopped = True
                 break
-            token = current.item()
+            token = sampled.item()
             answer.append(token)
             last_token_at = time.perf_counter()
-            is_last = is_last or (token == eos and not forced)
+            is_last = is_last or token == eos
             text = text_stream.add(token)
             yield TokenEvent(token, text + text_stream.finish() if is_last else text)
             if is_last:
@@ -303,15 +289,6 @@ class Session:
                 f"is {seq_len}, which leaves no room for an answer (shorten the query below {seq_len - 1} tokens)"
             )
         return min(max_tokens, room)
-
-    def _checked_forced(self, force_tokens: Sequence[int], budget: int) -> list[int]:
-        tokens = [int(token) for token in force_tokens]
-        if not tokens or len(tokens) > budget:
-            raise ValueError(f"force_tokens has {len(tokens)} tokens; expected 1..{budget} (the answer budget)")
-        bad = [token for token in tokens if not 0 <= token < self._model_vocab]
-        if bad:
-            raise ValueError(f"force_tokens id {bad[0]} is outside the model vocabulary (size {self._model_vocab})")
-        return tokens
 
     def save_stm(self, path: str | Path) -> dict[str, str]:
         """Save the STM and turn counter atomically (see :func:`rxt_mlx.stm.save_stm`)."""

@@ -8,6 +8,7 @@ import mlx.core as mx
 import pytest
 
 from rxt_mlx.sampling import SamplingOptions
+from rxt_mlx.sampling import forced_tokens_processor as force
 from rxt_mlx.session import AnswerDone, MemoryUpdated, Session, TokenEvent
 from rxt_mlx.stm import STMModelMismatchError
 from rxt_mlx.tokenizer import load_tokenizer
@@ -92,21 +93,35 @@ def test_multibyte_answers_stream_intact(kind, tmp_path):
     session = Session(random_mlx_model(config, seed=4), tokenizer)
     for text in MULTIBYTE_SAMPLES:
         forced = tokenizer.encode(text) + [tokenizer.eos_id]
-        tokens, done, _ = split_events(list(session.interact("Say it", force_tokens=forced)))
+        tokens, done, _ = split_events(list(session.interact("Say it", logits_processors=[force(forced)])))
         pieces = [event.text for event in tokens]
         assert [event.id for event in tokens] == forced
         assert "".join(pieces) == done.text == tokenizer.decode(forced) == text
         assert not any("\ufffd" in piece for piece in pieces)
 
 
-def test_force_tokens_ignore_eos_and_sampling(small_model, bpe):
+def test_forced_tokens_override_sampling_and_end_at_eos(small_model, bpe):
     session = Session(small_model, bpe)
-    forced = [bpe.eos_id, 40, 41, bpe.eos_id, 42]
-    tokens, done, _ = split_events(list(session.generate("Hi", temperature=0.7, seed=1, force_tokens=forced)))
-    assert [event.id for event in tokens] == forced
+    forced = [40, 41, 39, 42, bpe.eos_id, 43]
+    tokens, done, _ = split_events(
+        list(session.generate("Hi", temperature=0.7, seed=1, logits_processors=[force(forced)]))
+    )
+    assert [event.id for event in tokens] == forced[:5]
     assert done.tokens == 5
-    with pytest.raises(ValueError, match="force_tokens id 100000"):
-        list(session.generate("Hi", force_tokens=[5, 100000]))
+    with pytest.raises(ValueError, match="forced token id 100000"):
+        list(session.generate("Hi", logits_processors=[force([5, 100000])]))
+    with pytest.raises(ValueError, match="forced token ids"):
+        force([])
+
+
+def test_options_and_keyword_overrides(small_model, bpe):
+    options = SamplingOptions(max_tokens=3, temperature=0.0)
+    events = list(Session(small_model, bpe).generate("Hi", options, max_tokens=2, logits_processors=[force([40] * 9)]))
+    assert [event.id for event in events if isinstance(event, TokenEvent)] == [40, 40]
+    with pytest.raises(TypeError, match="unknown sampling option force_tokens"):
+        list(Session(small_model, bpe).generate("Hi", force_tokens=[40]))
+    with pytest.raises(TypeError, match="must be SamplingOptions"):
+        list(Session(small_model, bpe).generate("Hi", 16))
 
 
 def test_sampling_is_seeded_and_stays_in_the_tokenizer_vocabulary(small_model, tmp_path):
@@ -124,7 +139,7 @@ def test_stop_keeps_the_partial_answer_for_the_memory_update(small_model, bpe):
     session = Session(small_model, bpe)
     stm = session.stm
     events = []
-    for event in session.interact("Hi, I'm Ann.", max_tokens=30, force_tokens=list(range(20, 50))):
+    for event in session.interact("Hi, I'm Ann.", max_tokens=30, logits_processors=[force(range(20, 50))]):
         events.append(event)
         if isinstance(event, TokenEvent) and len(events) == 3:
             session.stop()
@@ -145,7 +160,7 @@ def test_session_runs_on_a_worker_thread_and_stops_from_another(small_model, bpe
     def worker():
         results["tokens"] = [e.id for e in session.generate("Hi", max_tokens=10) if isinstance(e, TokenEvent)]
         events = []
-        for event in session.interact("Again", max_tokens=50, force_tokens=list(range(20, 70))):
+        for event in session.interact("Again", max_tokens=50, logits_processors=[force(range(20, 70))]):
             events.append(event)
             started.set()
             if len(events) == 40:  # never reached when stop() works
@@ -224,10 +239,8 @@ def test_too_long_query_is_rejected_and_the_answer_budget_is_bounded(small_model
     assert prompt_length < SEQ_LEN
     room = SEQ_LEN - prompt_length
     forced = list(range(20, 20 + SEQ_LEN))
-    with pytest.raises(ValueError, match=rf"expected 1..{room} \(the answer budget\)"):
-        list(session.generate(filler, force_tokens=forced))
-    _, done, _ = split_events(list(session.generate(filler, max_tokens=200, force_tokens=forced[:room])))
-    assert done.tokens == room
+    tokens, done, _ = split_events(list(session.generate(filler, max_tokens=200, logits_processors=[force(forced)])))
+    assert [event.id for event in tokens] == forced[:room] and done.tokens == room
     done = [e for e in session.generate(filler, max_tokens=200) if isinstance(e, AnswerDone)][0]
     assert done.tokens <= room
 

@@ -19,6 +19,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.models.llama import MLP, Model, ModelArgs
 
 from rxt_mlx.config import FLOAT32_EPS, TransformerConfig
+from rxt_mlx.sampling import forced_tokens_processor
 
 
 @dataclass(frozen=True)
@@ -111,20 +112,6 @@ def build_baseline(shape: BaselineShape, *, seed: int = 0, dtype: mx.Dtype = mx.
     return model
 
 
-def forced_tokens_processor(answer_ids: Sequence[int], vocab_size: int):
-    """An mlx-lm logits processor that leaves only the scripted next token possible at each step."""
-    vocab = mx.arange(vocab_size)
-    step = 0
-
-    def force(tokens: mx.array, logits: mx.array) -> mx.array:
-        nonlocal step
-        token = answer_ids[min(step, len(answer_ids) - 1)]
-        step += 1
-        return mx.where(vocab == token, logits, -mx.inf)
-
-    return force
-
-
 class StatelessChat:
     """One conversation with a stateless decoder that re-reads the history every turn.
 
@@ -163,7 +150,7 @@ class StatelessChat:
         prompt = self.prompt_for(query_ids)
         cache = self._cache if self.keep_cache else make_prompt_cache(self.model)
         offset = cache[0].offset
-        processor = forced_tokens_processor(answer_ids, self.model.args.vocab_size)
+        processor = forced_tokens_processor(answer_ids)
         steps = generate_step(
             mx.array(prompt, dtype=mx.int32),
             self.model,

@@ -109,6 +109,7 @@ def ttft_after_memory_update(model, tokenizer, script: Script, seed: int, repeat
     """Does a finished memory update delay the next query? Best TTFT of a query sent right after
     a turn's memory update completed, and of the same query from the same STM without an update just
     before it, measured alternately."""
+    from rxt_mlx.sampling import forced_tokens_processor
     from rxt_mlx.session import Session, TokenEvent
 
     session = Session(model, tokenizer, stm=model.initial_stm(batch=1, seed=seed))
@@ -116,13 +117,14 @@ def ttft_after_memory_update(model, tokenizer, script: Script, seed: int, repeat
 
     def ttft() -> float:
         scratch = Session(model, tokenizer, stm=session.stm)
-        events = scratch.generate(query, max_tokens=len(answer), force_tokens=answer)
+        events = scratch.generate(query, max_tokens=len(answer), logits_processors=[forced_tokens_processor(answer)])
         return measure(event.id for event in events if isinstance(event, TokenEvent)).ttft_seconds
 
     after, without = [], []
     for _ in range(repeats):
         first_answer = list(script.answer_ids[0])
-        for _ in session.interact(script.query_texts[0], max_tokens=len(first_answer), force_tokens=first_answer):
+        forced = [forced_tokens_processor(first_answer)]
+        for _ in session.interact(script.query_texts[0], max_tokens=len(first_answer), logits_processors=forced):
             pass  # the turn ends once its memory update has run
         after.append(ttft())
         without.append(ttft())
@@ -331,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rxt-bench",
         description="Per-turn latency of RxT vs a stateless decoder of the same size (table, CSV, JSON, PNG).",
     )
-    parser.add_argument("--model", type=Path, help="rxt-mlx model folder (default: the bundled demo model)")
+    parser.add_argument(
+        "--model", type=Path, help="rxt-mlx model folder or Hub repo id org/name (default: the bundled demo model)"
+    )
     parser.add_argument("--turns", type=int, default=32, help="turns in the scripted conversation (default 32)")
     parser.add_argument("--query-tokens", type=int, default=32, help="tokens per query (default 32)")
     parser.add_argument("--answer-tokens", type=int, default=32, help="tokens per answer, forced (default 32)")

@@ -110,7 +110,7 @@ def build_script(tokenizer, turns: int, query_tokens: int, answer_tokens: int, v
 
 
 class RxTChat:
-    """The RxT side: one :class:`~rxt_mlx.session.Session`, answers forced through ``force_tokens``."""
+    """The RxT side: one :class:`~rxt_mlx.session.Session`, answers forced by a logits processor."""
 
     def __init__(self, model, tokenizer, script: Script, seed: int):
         from rxt_mlx.session import Session
@@ -126,14 +126,16 @@ class RxTChat:
 
     def turn(self, index: int, commit: bool = True) -> Timing:
         """Answer turn ``index``, then update the memory; ``commit=False`` times it on a scratch session."""
+        from rxt_mlx.sampling import forced_tokens_processor
         from rxt_mlx.session import MemoryUpdated, Session, TokenEvent
 
         query, answer = self.script.query_texts[index], list(self.script.answer_ids[index])
+        forced = [forced_tokens_processor(answer)]
         if commit:
-            events = self.session.interact(query, max_tokens=len(answer), force_tokens=answer)
+            events = self.session.interact(query, max_tokens=len(answer), logits_processors=forced)
         else:
             scratch = Session(self.session.model, self.session.tokenizer, stm=self.session.stm)
-            events = scratch.generate(query, max_tokens=len(answer), force_tokens=answer)
+            events = scratch.generate(query, max_tokens=len(answer), logits_processors=forced)
 
         def tokens() -> Iterator[int]:
             for event in events:
