@@ -12,20 +12,14 @@ load the file with ``add_prefix_space=false`` and a ByteLevel decoder.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-from mlx_lm.tokenizer_utils import (
-    BPEStreamingDetokenizer,
-    NaiveStreamingDetokenizer,
-    SPMStreamingDetokenizer,
-    StreamingDetokenizer,
-)
 
 from .config import TokenizerConfig
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+REPLACEMENT_CHARACTER = "\ufffd"  # what decoding gives for bytes that end inside a UTF-8 character
 
 
 class TokenizerError(ValueError):
@@ -78,7 +72,6 @@ class _SentencePieceBackend:
         self.special_ids = {
             i for i in range(self.vocab_size) if self.processor.is_control(i) or self.processor.is_unknown(i)
         }
-        self.strips_leading_space = self._decode_strips_leading_space()
 
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
@@ -88,14 +81,6 @@ class _SentencePieceBackend:
 
     def id_to_piece(self, token_id: int) -> str:
         return self.processor.id_to_piece(token_id)
-
-    def _decode_strips_leading_space(self) -> bool:
-        """Whether decode drops the space of the first piece (the dummy prefix added by encode)."""
-        for i in range(self.vocab_size):
-            piece = self.processor.id_to_piece(i)
-            if len(piece) > 1 and piece.startswith("\u2581") and not self.processor.is_control(i):
-                return not self.processor.decode([i]).startswith(" ")
-        return False
 
 
 def _disable_prefix_space(pre_tokenizer: dict[str, Any] | None) -> bool:
@@ -111,82 +96,41 @@ def _disable_prefix_space(pre_tokenizer: dict[str, Any] | None) -> bool:
     return False
 
 
-class _PieceTable:
-    """The slice of the transformers tokenizer API that mlx-lm's streaming detokenizers use."""
-
-    def __init__(self, backend: _HFBackend | _SentencePieceBackend):
-        self._backend = backend
-
-    def __len__(self) -> int:
-        return self._backend.vocab_size
-
-    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
-        return [self._backend.id_to_piece(i) for i in ids]
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self._backend.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self._backend.decode(ids)
-
-
-class _ByteLevelDetokenizer(BPEStreamingDetokenizer):
-    """mlx-lm's byte-level BPE detokenizer without its leading-space trim.
-
-    RxT tokenizes without a prefix space, so a leading space in an answer is real text and
-    ``decode`` keeps it; the stream must keep it too.
-    """
-
-    def _maybe_trim_space(self, current_text: str) -> str:
-        return current_text
-
-
-class _SentencePieceDetokenizer(SPMStreamingDetokenizer):
-    """mlx-lm's sentencepiece detokenizer, trimming exactly the one leading space ``decode`` drops.
-
-    mlx-lm's version trims the first space of every piece until some text is out, so an answer
-    starting with ``"\u2581"`` alone loses more than ``decode`` does.
-    """
-
-    def __init__(self, table: _PieceTable, trim_first_space: bool):
-        self._trim_first_space = trim_first_space
-        super().__init__(table, trim_space=False)
-
-    def reset(self):
-        super().reset()
-        self._trim_pending = self._trim_first_space
-
-    def _try_flush(self, force=False):
-        super()._try_flush(force)
-        if self._trim_pending and self.text:
-            self.text = self.text[1:] if self.text[0] == " " else self.text
-            self._trim_pending = False
-
-
 class TextStream:
     """Turns generated token ids into printable text pieces, one call per token.
 
-    A piece never ends inside a UTF-8 sequence (the bytes are held back until the character is
-    complete); special tokens and ids the tokenizer does not have print nothing.
+    The pieces add up to :meth:`RxTTokenizer.decode` of the ids: each new id is decoded after
+    the ids of the previous piece (its context: sentencepiece drops the space of a text's first
+    piece, a byte-level piece may end inside a character), and the piece is the text it adds.
+    Text ending inside a UTF-8 character is held back until the character is complete; special
+    tokens and ids the tokenizer does not have print nothing.
     """
 
-    def __init__(self, detokenizer: StreamingDetokenizer, skipped_ids: frozenset[int], vocab_size: int):
-        self._detokenizer = detokenizer
+    def __init__(self, decode: Callable[[list[int]], str], skipped_ids: frozenset[int], vocab_size: int):
+        self._decode = decode
         self._skipped_ids = skipped_ids
         self._vocab_size = vocab_size
-        detokenizer.reset()
+        self._context: list[int] = []
+        self._context_text = ""
+        self._held: list[int] = []
 
     def add(self, token_id: int) -> str:
         """Add one token id; return the text that became printable (often ``""`` or one word)."""
         if token_id in self._skipped_ids or not 0 <= token_id < self._vocab_size:
             return ""
-        self._detokenizer.add_token(token_id)
-        return self._detokenizer.last_segment
+        self._held.append(token_id)
+        text = self._decode(self._context + self._held)
+        return "" if text.endswith(REPLACEMENT_CHARACTER) else self._flush(text)
 
     def finish(self) -> str:
         """Flush the text held back (an incomplete character becomes U+FFFD only here)."""
-        self._detokenizer.finalize()
-        return self._detokenizer.last_segment
+        return self._flush(self._decode(self._context + self._held)) if self._held else ""
+
+    def _flush(self, text: str) -> str:
+        piece = text[len(self._context_text) :]
+        self._context, self._held = self._held, []
+        self._context_text = self._decode(self._context)
+        return piece
 
 
 class RxTTokenizer:
@@ -268,14 +212,7 @@ class RxTTokenizer:
 
     def streaming_detokenizer(self) -> TextStream:
         """A fresh :class:`TextStream` for one answer."""
-        table = _PieceTable(self._backend)
-        if self.kind == "sentencepiece":
-            detokenizer: StreamingDetokenizer = _SentencePieceDetokenizer(table, self._backend.strips_leading_space)
-        elif self.kind == "byte-level-bpe":
-            detokenizer = _ByteLevelDetokenizer(table)
-        else:
-            detokenizer = NaiveStreamingDetokenizer(table)
-        return TextStream(detokenizer, self.special_ids, self.vocab_size)
+        return TextStream(self._backend.decode, self.special_ids, self.vocab_size)
 
 
 def find_tokenizer_file(folder: str | Path) -> Path:

@@ -107,7 +107,7 @@ def test_missing_tokenizer_and_bad_ids_are_clear_errors(tmp_path):
         load_tokenizer(tmp_path, config)
 
 
-def test_non_byte_level_tokenizer_json_streams_through_the_naive_detokenizer(tmp_path):
+def test_non_byte_level_tokenizer_json_streams_intact(tmp_path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from tests.tokenizer_factories import SPECIAL_TOKENS, TRAINING_TEXT, tokenizer_config
