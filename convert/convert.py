@@ -1,14 +1,17 @@
 """rxt-convert: an rxlm / PyTorch RxT checkpoint to an MLX model folder.
 
 Reads a full-model rxlm folder, three per-component folders, or an ``rxt-train``
-checkpoint; checks every weight against the layout the config describes (missing,
-unexpected and mis-shaped weights are errors, never random init); writes ``config.json``,
-``model.safetensors`` and the tokenizer files into the output folder.
+checkpoint, from disk or downloaded from the Hugging Face Hub (:mod:`rxt_mlx.hub`); checks every
+weight against the layout the config describes (missing, unexpected and mis-shaped weights are
+errors, never random init); writes ``config.json``, ``model.safetensors`` and the tokenizer files
+into the output folder, or into the cache of converted models. :func:`convert_folder` is the
+converter ``rxt_mlx.load`` finds through the ``rxt_mlx.converters`` entry point.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -17,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rxt_mlx import hub, model_cache
 from rxt_mlx.config import MEMORY_ATTENTION_VARIANTS, ConfigError, RxTConfig, TokenizerConfig
+from rxt_mlx.errors import RxTError
 
 from . import canonical
-from .sources import Source, SourceError, find_tokenizer, read_json, read_source, special_token_ids, tokenizer_files
+from .sources import Source, find_tokenizer, read_json, read_source, special_token_ids, tokenizer_files
 
 Q_BITS = (4, 8)
 Q_GROUP_SIZES = (32, 64, 128)
@@ -35,6 +40,11 @@ Sources:
   sharded safetensors with an index, or pytorch_model.bin), a folder with decoder/, encoder/ and
   memory_attention/ sub-folders, or an rxt-train checkpoint file (.pt).
   Or give the three component folders with --decoder, --encoder and --memory-attention.
+  Each of them may be a Hugging Face Hub repo id instead (ReactiveAI/RxT-Beta-Supervised),
+  downloaded with your token and cache settings (HF_TOKEN, HF_HOME, HF_HUB_OFFLINE).
+
+Without OUT, a Hub repo is converted into the cache of converted models, where
+rxt_mlx.load("org/name") and --model org/name find it (rxt-convert --list, --delete NAME).
 
 RoPE tables and the saved STM are dropped (inference rebuilds them). Legacy MoE expert
 lists are stacked into the vectorized layout. The shared embedding is taken from whichever of
@@ -49,7 +59,7 @@ for checkpoints trained with the buggy builder.
 """
 
 
-class ConversionError(RuntimeError):
+class ConversionError(RxTError, RuntimeError):
     """The conversion cannot produce a correct model; the message says why."""
 
 
@@ -57,7 +67,7 @@ class ConversionError(RuntimeError):
 class Options:
     """What to convert and how; built from the command line by :func:`main`."""
 
-    output: Path
+    output: Path | None
     source: Path | None = None
     decoder: Path | None = None
     encoder: Path | None = None
@@ -71,6 +81,7 @@ class Options:
     q_group_size: int = 64
     overwrite: bool = False
     progress: bool | None = None
+    revision: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,12 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", nargs="?", type=Path, metavar="SRC", help="checkpoint folder or .pt file")
-    parser.add_argument("output", type=Path, metavar="OUT", help="output folder (must not exist, see --overwrite)")
+    parser.add_argument(
+        "source", nargs="?", type=Path, metavar="SRC", help="checkpoint folder, .pt file or Hub repo id (org/name)"
+    )
+    parser.add_argument(
+        "output",
+        nargs="?",
+        type=Path,
+        metavar="OUT",
+        help="output folder (must not exist, see --overwrite); without it a Hub repo goes into the cache",
+    )
     components = parser.add_argument_group("per-component source (instead of SRC)")
-    components.add_argument("--decoder", type=Path, metavar="DIR", help="decoder folder (flat config + model.*)")
-    components.add_argument("--encoder", type=Path, metavar="DIR", help="encoder folder")
-    components.add_argument("--memory-attention", type=Path, metavar="DIR", help="memory-attention folder")
+    components.add_argument("--decoder", type=Path, metavar="DIR|REPO", help="decoder folder (flat config + model.*)")
+    components.add_argument("--encoder", type=Path, metavar="DIR|REPO", help="encoder folder")
+    components.add_argument("--memory-attention", type=Path, metavar="DIR|REPO", help="memory-attention folder")
+    parser.add_argument("--revision", help="branch, tag or commit of the Hub repos (default: main)")
     parser.add_argument(
         "--variant",
         choices=MEMORY_ATTENTION_VARIANTS,
@@ -95,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tokenizer",
         type=Path,
-        metavar="DIR_OR_FILE",
-        help="tokenizer.json / tokenizer.model or its folder (default: look in the source folders)",
+        metavar="DIR_OR_FILE|REPO",
+        help="tokenizer.json / tokenizer.model, its folder or Hub repo (default: look in the source folders)",
     )
     parser.add_argument(
         "--tokenizer-config",
@@ -117,14 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it is an existing rxt-mlx folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cache = parser.add_argument_group(f"the cache of converted models ({model_cache.CACHE_ENV} moves it)")
+    cache.add_argument("--list", action="store_true", help="list the cached models with their sizes")
+    cache.add_argument("--delete", metavar="NAME", help="delete a cached model (a name from --list, or org/name: all)")
     return parser
 
 
-def parse_options(argv: list[str] | None) -> Options:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def options_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Options:
+    """The conversion the command line asks for (``--list`` and ``--delete`` are handled by :func:`main`)."""
     if not args.quantize and (args.q_bits is not None or args.q_group_size is not None):
         parser.error("--q-bits/--q-group-size need -q/--quantize")
+    components = args.decoder or args.encoder or args.memory_attention
+    if components and args.output is None:
+        args.source, args.output = None, args.source
+    if args.output is None:
+        if args.source is None:
+            parser.error("give SRC OUT, the component sources and OUT, or --list / --delete NAME")
+        if args.source.exists() or not hub.is_repo_id(str(args.source)):
+            parser.error("OUT is required (only a Hub repo id can be converted into the cache without one)")
+        if args.variant or args.tokenizer or args.tokenizer_config or args.overwrite:
+            parser.error("--variant, --tokenizer, --tokenizer-config and --overwrite need OUT")
     return Options(
         output=args.output,
         source=args.source,
@@ -140,6 +172,28 @@ def parse_options(argv: list[str] | None) -> Options:
         q_group_size=args.q_group_size or 64,
         overwrite=args.overwrite,
         progress=False if args.no_progress else None,
+        revision=args.revision,
+    )
+
+
+def fetch_hub_sources(options: Options, log=hub.log_to_stderr) -> Options:
+    """``options`` with each Hub repo id among the sources replaced by its downloaded snapshot folder."""
+
+    def local(path: Path | None, fetch) -> Path | None:
+        if path is None or path.exists() or not hub.is_repo_id(str(path)):
+            return path
+        return fetch(str(path), revision=options.revision, progress=options.progress, log=log)
+
+    def component(role: str):
+        return lambda repo, **kwargs: hub.fetch_component(repo, role, **kwargs)
+
+    return dataclasses.replace(
+        options,
+        source=local(options.source, hub.fetch_checkpoint),
+        decoder=local(options.decoder, component("decoder")),
+        encoder=local(options.encoder, component("encoder")),
+        memory_attention=local(options.memory_attention, component("memory_attention")),
+        tokenizer=local(options.tokenizer, hub.fetch_tokenizer),
     )
 
 
@@ -207,6 +261,33 @@ def _is_rxt_mlx_config(path: Path) -> bool:
         return False
 
 
+def convert_folder(
+    source: Path,
+    output: Path,
+    *,
+    dtype: str | None = None,
+    q_bits: int | None = None,
+    q_group_size: int = 64,
+    progress: bool | None = None,
+    log=print,
+) -> Path:
+    """Convert the checkpoint folder ``source`` into the new folder ``output``.
+
+    The ``rxlm`` converter of the ``rxt_mlx.converters`` entry-point group: what ``rxt_mlx.load``
+    runs on a downloaded rxlm repo. Raises the project's errors (:class:`RxTError`) on bad input.
+    """
+    options = Options(
+        output=output,
+        source=source,
+        dtype=dtype,
+        quantize=q_bits is not None,
+        q_bits=q_bits or 4,
+        q_group_size=q_group_size,
+        progress=progress,
+    )
+    return convert(options, log)
+
+
 def convert(options: Options, log=print) -> Path:
     """Run one conversion; returns the output folder. Raises ConversionError and friends on bad input."""
     prepare_output(options.output, options.overwrite)
@@ -239,7 +320,6 @@ def convert(options: Options, log=print) -> Path:
             shutil.rmtree(options.output)
         staging.rename(options.output)
     log(f"{len(planned)} weights checked and converted to {dtype}")
-    log(f"wrote {options.output}")
     return options.output
 
 
@@ -293,19 +373,43 @@ def write_mlx_model(config: RxTConfig, weights, dtype: str, options: Options, fo
     save_model(model, folder)
 
 
+def convert_into_cache(options: Options) -> Path:
+    """Convert the Hub repo ``options.source`` into the cache of converted models (as ``rxt_mlx.load`` would)."""
+    return hub.resolve_model(
+        str(options.source),
+        revision=options.revision,
+        dtype=options.dtype,
+        q_bits=options.q_bits if options.quantize else None,
+        q_group_size=options.q_group_size,
+        progress=options.progress,
+    )
+
+
+def manage_cache(list_models: bool, delete: str | None) -> None:
+    """``--list`` (name, size and date of every cached model) and ``--delete NAME``."""
+    if delete:
+        for folder in model_cache.delete(delete):
+            print(f"deleted {folder}")
+    if list_models:
+        print(model_cache.listing())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rxt-convert``; returns 0, or exits with status 1 and a message naming the problem."""
-    options = parse_options(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        convert(options)
-    except (ConversionError, SourceError, ConfigError, canonical.CanonicalError) as error:
-        print(f"rxt-convert: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except Exception as error:
-        from rxt_mlx.weights import WeightError
-
-        if not isinstance(error, WeightError):
-            raise
+        if args.list or args.delete:
+            if args.source or args.output:
+                parser.error("--list and --delete take no SRC or OUT")
+            manage_cache(args.list, args.delete)
+            return 0
+        options = options_from(parser, args)
+        if options.output is None:
+            print(convert_into_cache(options))
+        else:
+            print(f"wrote {convert(fetch_hub_sources(options))}")
+    except RxTError as error:
         print(f"rxt-convert: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     return 0
