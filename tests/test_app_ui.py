@@ -1,78 +1,25 @@
-"""The chat UI's state machine, driven by a scripted stand-in for the inference worker.
+"""The Textual chat on a scripted stand-in for the inference worker: what is shown, and the keys.
 
 The stand-in lets a test decide exactly when tokens, the end of the answer and the memory
 update arrive, so ordering cases (a message typed while the memory update still runs, quitting
-mid-update) are deterministic. tests/test_app.py drives the same app with real tiny models.
+mid-update) are deterministic. The controller's decisions are tested without Textual in
+tests/test_controller.py; tests/test_app.py runs the app once on a real tiny model.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rxt_app.storage import Storage, TurnStats
-from rxt_app.tui import ChatApp
+from rxt_app.tui import SHOWN_TURNS, ChatApp
 from rxt_app.widgets import MessageView, StatusLine, bar, format_memory_panel, sparkline
-from rxt_app.worker import AnswerFinished, SessionReady, SnapshotProblem, TokenText, TurnSaved, TurnStarted
+from rxt_app.worker import JobFailed
 
-from tests.app_helpers import wait_until
-
-FINGERPRINT = "f" * 64
-
-
-class ScriptedWorker:
-    """Records the UI's requests; the test posts the worker's events when it wants them."""
-
-    def __init__(self, fingerprint: str = FINGERPRINT):
-        self.fingerprint = fingerprint
-        self.model_dir = Path("tiny-model")
-        self.app: ChatApp | None = None
-        self.opened: list[tuple[str, int]] = []
-        self.sent: list[tuple[str, int, str, Path]] = []
-        self.forgotten: list[str] = []
-        self.stops = 0
-        self.problem: str | None = None
-
-    def open(self, conversation_id, turn, snapshots):
-        self.opened.append((conversation_id, turn))
-        if self.problem and turn > 0:
-            self.post(SnapshotProblem(conversation_id, turn, self.problem, turn - 1))
-        else:
-            self.post(SessionReady(conversation_id, turn))
-
-    def send(self, conversation_id, turn, query, snapshot):
-        self.sent.append((conversation_id, turn, query, snapshot))
-
-    def forget(self, conversation_id):
-        self.forgotten.append(conversation_id)
-
-    def stop(self):
-        self.stops += 1
-
-    def drop_queued(self):
-        return {}
-
-    def post(self, event):
-        self.app.post_worker_event(event)
-
-    def answer(self, index: int, fragments: list[str], stopped: bool = False) -> None:
-        conversation_id, turn, _, _ = self.sent[index]
-        self.post(TurnStarted(conversation_id, turn))
-        for fragment in fragments:
-            self.post(TokenText(conversation_id, turn, fragment))
-        self.post(AnswerFinished(conversation_id, turn, "".join(fragments), len(fragments), 0.01, 0.02, 50.0, stopped))
-
-    def save(self, index: int, answer: str, change=(0.5, 0.25)) -> None:
-        conversation_id, turn, query, snapshot = self.sent[index]
-        snapshot.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.write_bytes(b"stm")
-        stats = TurnStats(3, 0.01, 0.02, 50.0, 0.03, False, tuple(change))
-        self.post(TurnSaved(conversation_id, turn, query, answer, stats, snapshot))
+from tests.app_helpers import FINGERPRINT, ScriptedWorker, wait_until
 
 
 def make_app(tmp_path, worker=None):
     worker = worker or ScriptedWorker()
     app = ChatApp(worker, Storage(tmp_path / "data"))
-    worker.app = app
+    worker.deliver = app.post_worker_event
     return app, worker
 
 
@@ -80,8 +27,21 @@ def ready(app) -> bool:
     return app.current is not None and app.controller.state(app.current.id).ready
 
 
+def memory_state(app) -> str:
+    return app.controller.memory_state(app.current.id)
+
+
 def transcript(app) -> list[tuple[str, int, str]]:
     return [(view.role, view.turn, view.text) for view in app.query(MessageView)]
+
+
+def notifications(app) -> list[str]:
+    """The text of the notifications on screen (``run_test(notifications=True)`` shows them)."""
+    return [str(toast.render()) for toast in app.screen.query("Toast")]
+
+
+def screen_name(app) -> str:
+    return type(app.screen).__name__
 
 
 async def type_and_send(pilot, text: str) -> None:
@@ -96,13 +56,13 @@ async def test_stream_update_and_queue_behind_memory_update(tmp_path):
         await type_and_send(pilot, "hello there")
         await wait_until(pilot, lambda: len(worker.sent) == 1)
         worker.answer(0, ["Hi", " *Ann*"])
-        await wait_until(pilot, lambda: app.controller.memory_state(app.current.id) == "updating")
+        await wait_until(pilot, lambda: memory_state(app) == "updating")
         assert transcript(app)[-1] == ("assistant", 1, "Hi *Ann*")
         assert app.current.title == "hello there"
         # typed before the memory update finished: queued behind it
         await type_and_send(pilot, "second")
         await wait_until(pilot, lambda: len(worker.sent) == 2)
-        assert "your message waits" in app.controller.memory_state(app.current.id)
+        assert "your message waits" in memory_state(app)
         assert "waiting for memory update" in str(app.query_one(StatusLine).render())
         worker.save(0, "Hi *Ann*")
         await wait_until(pilot, lambda: app.current.turn_count == 1)
@@ -150,7 +110,7 @@ async def test_rewind_fork_delete(tmp_path):
         await pilot.click(first_answer)
         await wait_until(pilot, lambda: app.chosen_turn == 1)
         await pilot.press("ctrl+f")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ForkScreen")
+        await wait_until(pilot, lambda: screen_name(app) == "ForkScreen")
         assert app.screen.query_one("#answer").value == "1"
         app.screen.query_one("#answer").value = "9"
         await pilot.press("enter")
@@ -164,12 +124,12 @@ async def test_rewind_fork_delete(tmp_path):
         assert worker.opened[-1] == (fork.id, 1)
 
         await pilot.press("f8")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen")
+        await wait_until(pilot, lambda: screen_name(app) == "ConfirmScreen")
         await pilot.press("escape")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ != "ConfirmScreen")
+        await wait_until(pilot, lambda: screen_name(app) != "ConfirmScreen")
         assert app.controller.storage.conversation(fork.id).turn_count == 1
         await pilot.press("f8")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen")
+        await wait_until(pilot, lambda: screen_name(app) == "ConfirmScreen")
         await pilot.click("#confirm")
         await wait_until(pilot, lambda: app.current.id == source.id)
         assert [c.id for c in app.controller.storage.conversations()] == [source.id]
@@ -189,7 +149,7 @@ async def test_foreign_model_is_read_only(tmp_path):
         assert "another model" in notice and "000000000000" in notice
         assert app.query_one("#prompt").disabled
         await pilot.press("ctrl+n")
-        await wait_until(pilot, lambda: app.current.id != foreign.id and app.controller.state(app.current.id).ready)
+        await wait_until(pilot, lambda: app.current.id != foreign.id and ready(app))
         assert not app.query_one("#prompt").disabled
 
 
@@ -223,7 +183,7 @@ async def test_copy_export_help_palette_stop(tmp_path):
         assert app.clipboard == "answer to Hi, I'm Ann."
 
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "TextPromptScreen")
+        await wait_until(pilot, lambda: screen_name(app) == "TextPromptScreen")
         target = tmp_path / "out" / "chat.md"
         app.screen.query_one("#answer").value = str(target)
         await pilot.press("enter")
@@ -232,12 +192,12 @@ async def test_copy_export_help_palette_stop(tmp_path):
         assert "## Turn 1" in text and "Hi, I'm Ann." in text and "answer to Hi, I'm Ann." in text
 
         await pilot.press("f1")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "HelpScreen")
+        await wait_until(pilot, lambda: screen_name(app) == "HelpScreen")
         help_text = "\n".join(str(w.render()) for w in app.screen.query("Static"))
         for key in ("ctrl+n", "f2", "f8", "ctrl+z", "ctrl+f", "ctrl+y", "ctrl+s", "ctrl+t", "escape", "ctrl+q"):
             assert key in help_text
         await pilot.press("escape")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ != "HelpScreen")
+        await wait_until(pilot, lambda: screen_name(app) != "HelpScreen")
 
         titles = [command.title for command in app.get_system_commands(app.screen)]
         for title, _ in ChatApp.ACTION_HELP.values():
@@ -253,7 +213,7 @@ async def test_copy_export_help_palette_stop(tmp_path):
         await pilot.press("escape")
         assert worker.stops == 1
         worker.answer(1, ["par", "tial"], stopped=True)
-        await wait_until(pilot, lambda: app.controller.memory_state(app.current.id) == "updating")
+        await wait_until(pilot, lambda: memory_state(app) == "updating")
         answer = list(app.query(MessageView))[-1]
         assert (answer.text, answer.role_line()) == ("partial", "RxT · turn 2 · stopped")
         worker.save(1, "partial")
@@ -267,7 +227,7 @@ async def test_quit_waits_for_memory_update(tmp_path):
         await type_and_send(pilot, "remember this")
         await wait_until(pilot, lambda: len(worker.sent) == 1)
         worker.answer(0, ["sure"])
-        await wait_until(pilot, lambda: app.controller.memory_state(app.current.id) == "updating")
+        await wait_until(pilot, lambda: memory_state(app) == "updating")
         await pilot.press("ctrl+q")
         await pilot.pause()
         assert app.is_running and app.controller.quitting
@@ -284,12 +244,12 @@ async def test_rename_and_switch_from_the_list(tmp_path):
         await answered_turns(pilot, worker, ["first chat"])
         first = app.current.id
         await pilot.press("ctrl+n")
-        await wait_until(pilot, lambda: app.current.id != first and app.controller.state(app.current.id).ready)
+        await wait_until(pilot, lambda: app.current.id != first and ready(app))
         second = app.current.id
         assert transcript(app) == []
 
         await pilot.press("f2")
-        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "TextPromptScreen")
+        await wait_until(pilot, lambda: screen_name(app) == "TextPromptScreen")
         app.screen.query_one("#answer").value = "Tea talk"
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.controller.storage.conversation(second).title == "Tea talk")
@@ -305,8 +265,6 @@ async def test_rename_and_switch_from_the_list(tmp_path):
 
 
 async def test_long_transcript_shows_the_last_turns(tmp_path):
-    from rxt_app.tui import SHOWN_TURNS
-
     storage = Storage(tmp_path / "data")
     conversation = storage.create_conversation("long", FINGERPRINT)
     for turn in range(1, SHOWN_TURNS + 6):
@@ -321,3 +279,18 @@ async def test_long_transcript_shows_the_last_turns(tmp_path):
         shown = transcript(app)
         assert len(shown) == 2 * SHOWN_TURNS and shown[0] == ("user", 6, "q6")
         assert "5 earlier turns not shown" in str(app.query_one(".elided").render())
+
+
+async def test_a_failed_turn_is_reported_and_its_query_given_back(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test(notifications=True) as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        await type_and_send(pilot, "tea " * 80)
+        await wait_until(pilot, lambda: len(worker.sent) == 1 and len(transcript(app)) == 2)
+        assert app.query_one("#prompt").value == ""
+        worker.answer(0, ["par"])
+        worker.deliver(JobFailed(app.current.id, 1, "ValueError: 322 tokens > seq_len 256", "Traceback …"))
+        await wait_until(pilot, lambda: any("seq_len" in text for text in notifications(app)), what="the error")
+        assert transcript(app) == [] and app.current.turn_count == 0
+        assert app.query_one("#prompt").value == ("tea " * 80).strip()  # given back to edit
+        assert worker.opened[-1] == (app.current.id, 0)  # memory reloaded from the last commit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -36,6 +37,7 @@ def model_dir(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_three_turns_then_resume_in_a_new_process(model_dir, tmp_path):
     stm_path = tmp_path / "memory" / "chat.stm"
     model, tokenizer = rxt_mlx.load(model_dir)
@@ -63,13 +65,14 @@ def test_three_turns_then_resume_in_a_new_process(model_dir, tmp_path):
     assert sorted(path.name for path in stm_path.parent.iterdir()) == ["chat.stm"]
 
 
-def test_refused_stm_file_stops_before_chatting_and_is_kept(model_dir, tmp_path):
+def test_refused_stm_file_stops_before_chatting_and_is_kept(model_dir, tmp_path, monkeypatch, capsys):
     stm_path = tmp_path / "chat.stm"
     stm_path.write_bytes(b"not an stm file at all")
-    result = run_chat("--model", model_dir, "--stm", stm_path, stdin="Hi\n")
-    assert result.returncode == 2
-    assert "cannot start" in result.stderr and str(stm_path) in result.stderr
-    assert result.stdout == ""
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
+    assert main(["--plain", "--model", str(model_dir), "--stm", str(stm_path)]) == 2
+    output = capsys.readouterr()
+    assert "cannot start" in output.err and str(stm_path) in output.err
+    assert output.out == ""
     assert stm_path.read_bytes() == b"not an stm file at all"
 
 

@@ -29,12 +29,14 @@ def add_turns(storage: Storage, conversation_id: str, count: int) -> None:
         storage.commit_turn(conversation_id, turn, f"query {turn}", f"answer {turn}", STATS)
 
 
-def test_schema_pragmas_and_migration_version(tmp_path):
+def test_wal_journal_and_migration_version(tmp_path):
     storage = Storage(tmp_path)
     assert storage.schema_version == len(MIGRATIONS)
-    assert storage._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert storage._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     storage.close()
+    database = sqlite3.connect(storage.database_path)
+    assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # kept in the file
+    assert database.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    database.close()
     assert Storage(tmp_path).schema_version == len(MIGRATIONS)
 
 
@@ -142,6 +144,7 @@ def test_fork_copies_turns_and_snapshots(tmp_path):
 
 
 def test_delete_cascades(tmp_path):
+    """Deleting the conversation row removes its messages: the foreign keys are enforced."""
     storage = Storage(tmp_path)
     kept = storage.create_conversation("kept", "fp")
     doomed = storage.create_conversation("doomed", "fp")
@@ -149,9 +152,10 @@ def test_delete_cascades(tmp_path):
     add_turns(storage, kept.id, 1)
     storage.delete(doomed.id)
     assert [c.id for c in storage.conversations()] == [kept.id]
-    assert (
-        storage._db.execute("SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (doomed.id,)).fetchone()[0] == 0
-    )
+    database = sqlite3.connect(storage.database_path)
+    counts = dict(database.execute("SELECT conversation_id, COUNT(*) FROM messages GROUP BY conversation_id"))
+    database.close()
+    assert counts == {kept.id: 2}
     assert not (storage.snapshot_root / doomed.id).exists()
     with pytest.raises(StorageError, match="no conversation"):
         storage.conversation(doomed.id)
