@@ -56,12 +56,12 @@ class KVCache:
         needed = self.offset + length
         if needed <= self.capacity:
             return
-        keys, values = (self.keys, self.values) if self.keys is not None else like
+        keys, values = (self.keys, self.values) if self.keys is not None else like or (None, None)
         if keys is None:
-            raise ValueError("KVCache.reserve needs keys/values (like=...) to size an empty cache")
+            raise ValueError("KVCache.reserve: an empty cache needs like=(keys, values) to size its buffers")
         capacity = -(-needed // self.step) * self.step
-        self.keys = _resized(keys, self.offset if self.keys is not None else 0, capacity)
-        self.values = _resized(values, self.offset if self.values is not None else 0, capacity)
+        self.keys = _resized(keys, self.offset, capacity)
+        self.values = _resized(values, self.offset, capacity)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array, Mask]:
         """Append ``keys``/``values`` (B, H_kv, T, hd); return what the new queries attend to.

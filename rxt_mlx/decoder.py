@@ -11,7 +11,6 @@ import mlx.nn as nn
 from rxt_mlx.attention import Attention, Rope, RotaryTables
 from rxt_mlx.cache import KVCache
 from rxt_mlx.config import AttentionShape, TransformerConfig
-from rxt_mlx.cpu_matmul import linear_rows
 from rxt_mlx.feedforward import feed_forward
 from rxt_mlx.layers import layer_norm, rms_norm, transformer_norm
 
@@ -167,8 +166,7 @@ class Decoder(nn.Module):
             x = layer(x, mask=mask, memory=layer_memory, cache=layer_cache, offset=positions)
         if "head_norm" in self:
             x = self.head_norm(x)
-        blocks = linear_rows(x, self.head)
-        return blocks[0] if len(blocks) == 1 else mx.concatenate(blocks, axis=-1)
+        return self.head(x)
 
     def _compiled_one_token(self, ids: mx.array, cache: list[KVCache], memory: MemoryKV) -> mx.array:
         """:meth:`_forward` of one token per row, compiled: the caches' buffers and offset go in

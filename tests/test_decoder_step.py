@@ -1,13 +1,11 @@
 """The decoder's cached forward path: the compiled one-token call equals the same path run
-uncompiled and the full recompute; the KV cache and the row-blocked products it relies on."""
+uncompiled and the full recompute; the KV cache it relies on."""
 
 from __future__ import annotations
 
 import mlx.core as mx
-import mlx.nn as nn
 import pytest
 
-from rxt_mlx import cpu_matmul
 from rxt_mlx.cache import CACHE_STEP, KVCache
 from rxt_mlx.model import quantize_model
 from tests.factories import PARITY_CONFIGS, random_mlx_model, tiny_config
@@ -86,13 +84,3 @@ def test_cache_appends_in_buffers_that_grow_by_whole_steps():
     assert mx.array_equal(fetched_values[:, :, :5], values[:, :, :5]).item()
     fetched_keys, _, mask = cache.update_and_fetch(keys[:, :, 5:], values[:, :, 5:])
     assert mask == "causal" and mx.array_equal(fetched_keys, keys).item()
-
-
-@pytest.mark.parametrize(("rows", "parts", "bias"), [(1, None, True), (3, None, True), (1, 2, False), (4, 2, True)])
-def test_row_blocks_match_the_single_product(monkeypatch, rows, parts, bias):
-    monkeypatch.setattr(cpu_matmul, "BLOCK_MACS", 32 * 40)  # 64-row blocks at D=32
-    linear = nn.Linear(32, 320, bias=bias)
-    x = mx.random.normal((1, rows, 32), key=mx.random.key(0))
-    blocks = cpu_matmul.linear_rows(x, linear, parts)
-    assert len(blocks) == (parts or (5 if rows == 1 else 1))
-    assert mx.allclose(mx.concatenate(blocks, axis=-1), linear(x), atol=1e-6).item()
