@@ -9,7 +9,7 @@ so the screen always shows the controller's state.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rxt_app.confirm_screen import ConfirmScreen
@@ -331,7 +331,7 @@ class ChatApp(App[None]):
 
         self.push_screen(ConfirmScreen(f"Delete “{conversation.title}” and its memory?", "Delete"), confirmed)
 
-    def refused(self, action, *args) -> bool:
+    def refused(self, action: Callable[..., object], *args: object) -> bool:
         """Run a controller action; if it is refused, show why and return True."""
         try:
             action(*args)

@@ -60,10 +60,13 @@ class Chat:
         """Send, answer and commit each query in turn."""
         for query in queries:
             self.controller.send(conversation_id, query)
-            index = len(self.worker.sent) - 1
-            self.worker.answer(index, [f"answer to {query}"])
-            self.worker.save(index, f"answer to {query}")
-            self.settle()
+            self.finish(len(self.worker.sent) - 1, f"answer to {query}")
+
+    def finish(self, index: int, answer: str) -> None:
+        """Answer the ``index``-th sent query in one piece and commit it."""
+        self.worker.answer(index, [answer])
+        self.worker.save(index, answer)
+        self.settle()
 
     def transcript(self, conversation_id: str) -> list[tuple[int, str, str]]:
         return [(m.turn, m.role, m.text) for m in self.storage.messages(conversation_id)]
@@ -124,9 +127,7 @@ def test_a_turn_goes_queued_generating_updating_committed(chat):
     chat.settle()
     assert list(state.live) == [2]
     assert chat.transcript(conversation.id) == [(1, "user", query), (1, "assistant", "Hi Ann")]
-    worker.answer(1, ["Ann"])
-    worker.save(1, "Ann")
-    chat.settle()
+    chat.finish(1, "Ann")
     assert not controller.has_live_turns() and controller.memory_state(conversation.id) == "ready"
     assert chat.storage.conversation(conversation.id).turn_count == 2
     assert chat.transcript(conversation.id)[2:] == [(2, "user", "What is my name?"), (2, "assistant", "Ann")]
@@ -193,9 +194,7 @@ def test_rewind_undoes_the_last_turn_once_nothing_is_in_flight(chat):
     controller.send(conversation.id, "three")
     with pytest.raises(ActionRefused, match="Wait until the answer"):
         controller.rewind(conversation.id)
-    worker.answer(2, ["3"])
-    worker.save(2, "3")
-    chat.settle()
+    chat.finish(2, "3")
     chat.take_events()
 
     assert controller.rewind(conversation.id).turn_count == 2
@@ -224,9 +223,7 @@ def test_fork_then_delete(chat):
     controller.send(fork.id, "two, again")
     with pytest.raises(ActionRefused, match="Wait until"):
         controller.delete(fork.id)
-    worker.answer(2, ["2"])
-    worker.save(2, "2")
-    chat.settle()
+    chat.finish(2, "2")
     controller.delete(fork.id)
     assert worker.forgotten == [fork.id]
     assert [c.id for c in chat.storage.conversations()] == [source.id]
