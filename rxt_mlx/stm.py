@@ -6,6 +6,11 @@ Layout: tensor ``stm`` of shape (L, 1, S, D) and string metadata ``format=rxt-st
 
 Loading checks everything before returning and raises an :class:`STMFileError` subclass naming
 the reason; nothing is returned (and the caller's state is untouched) on refusal.
+
+Saving writes a temp file ``.<name>.<random>.tmp`` beside the target and renames it into place.
+While it does, the saver holds a shared lock on the folder; :func:`remove_temp_files` removes the
+temp files a killed saver left, and only when it can take that lock exclusively, so a save still
+running in another process is never touched.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -24,9 +31,15 @@ import numpy as np
 
 from rxt_mlx.errors import RxTError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so temp files are left for the user
+    fcntl = None
+
 FORMAT = "rxt-stm"
 FORMAT_VERSION = "1"
 TENSOR_NAME = "stm"
+TEMP_SUFFIX = ".tmp"
 
 _DTYPE_NAMES = {mx.float32: "float32", mx.float16: "float16", mx.bfloat16: "bfloat16"}
 _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -123,18 +136,83 @@ def save_stm(
     }
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            mx.save_safetensors(file, {TENSOR_NAME: stm}, metadata=metadata)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with _saving_into(folder):
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=folder)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                mx.save_safetensors(file, {TENSOR_NAME: stm}, metadata=metadata)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp_name, path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
     _fsync_folder(folder)
     return metadata
+
+
+def remove_temp_files(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the temp files that killed :func:`save_stm` calls left in ``folder``; returns them.
+
+    Nothing is removed while a ``save_stm`` into ``folder`` runs in any process (each holds a shared
+    lock on the folder while its temp file exists; this takes it exclusively, without waiting), nor
+    where the folder cannot be locked.
+
+    Args:
+        folder: the folder of the STM files.
+        name: only the temp files of the STM file ``name`` (default: of every STM file there).
+    """
+    folder = Path(folder)
+    descriptor = _open_folder(folder)
+    if descriptor is None:
+        return []
+    removed = []
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for path in folder.iterdir():
+            target = temp_file_target(path.name)
+            if target is not None and name in (None, target):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    except OSError:  # a save is running (the lock is taken), or the folder went away
+        pass
+    finally:
+        os.close(descriptor)
+    return removed
+
+
+def temp_file_target(file_name: str) -> str | None:
+    """The STM file a :func:`save_stm` temp file ``.<name>.<random>.tmp`` was written for, or None."""
+    if not (file_name.startswith(".") and file_name.endswith(TEMP_SUFFIX)):
+        return None
+    target, _, random_part = file_name[1 : -len(TEMP_SUFFIX)].rpartition(".")
+    return target if target and random_part else None
+
+
+@contextmanager
+def _saving_into(folder: Path) -> Iterator[None]:
+    """Hold a shared lock on ``folder`` (see :func:`remove_temp_files`); unlockable folders are saved into anyway."""
+    descriptor = _open_folder(folder)
+    try:
+        if descriptor is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_SH)
+            except OSError:
+                pass
+        yield
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def _open_folder(folder: Path) -> int | None:
+    """A descriptor of ``folder`` to lock, or None where folders cannot be opened or locked."""
+    if fcntl is None:
+        return None
+    try:
+        return os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 def _fsync_folder(folder: Path) -> None:

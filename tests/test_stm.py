@@ -1,7 +1,8 @@
-"""STM file: bit-exact round trip, every refusal, atomic save."""
+"""STM file: bit-exact round trip, every refusal, atomic save, removal of a killed save's temp file."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import mlx.core as mx
@@ -15,7 +16,9 @@ from rxt_mlx.stm import (
     STMShapeError,
     STMVersionError,
     load_stm,
+    remove_temp_files,
     save_stm,
+    temp_file_target,
 )
 
 SHAPE = (2, 1, 8, 16)
@@ -136,6 +139,36 @@ def test_interrupted_save_keeps_the_old_file(saved, monkeypatch):
     assert mx.array_equal(loaded, old).item()
     assert metadata["turn"] == "3"
     assert sorted(os.listdir(path.parent)) == [path.name]
+
+
+def test_temp_files_of_killed_saves_are_removed_but_not_a_running_saves(tmp_path):
+    killed = tmp_path / ".k.stm.a1b2c3d4.tmp"
+    other = tmp_path / ".other.stm.x_9.tmp"
+    kept = [tmp_path / "notes.tmp", tmp_path / ".hidden", tmp_path / "k.stm"]
+    for path in (killed, other, *kept):
+        path.write_bytes(b"partial")
+    assert [temp_file_target(path.name) for path in (killed, other, *kept)] == ["k.stm", "other.stm", None, None, None]
+    running = os.open(tmp_path, os.O_RDONLY)  # what save_stm holds while its temp file exists (any process)
+    fcntl.flock(running, fcntl.LOCK_SH)
+    assert remove_temp_files(tmp_path, "k.stm") == [] and killed.exists()
+    os.close(running)
+    assert remove_temp_files(tmp_path, "k.stm") == [killed]
+    assert remove_temp_files(tmp_path) == [other]
+    assert sorted(os.listdir(tmp_path)) == sorted(path.name for path in kept)
+    assert remove_temp_files(tmp_path / "missing") == []
+
+
+def test_a_sweep_during_a_save_leaves_its_temp_file(tmp_path, monkeypatch):
+    swept = []
+    write = mx.save_safetensors
+
+    def sweep_while_writing(file, *args, **kwargs):
+        swept.append(remove_temp_files(tmp_path))  # another process starting now
+        write(file, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "save_safetensors", sweep_while_writing)
+    save_stm(tmp_path / "k.stm", random_stm(2), model_fingerprint=FINGERPRINT, turn=1)
+    assert swept == [[]] and os.listdir(tmp_path) == ["k.stm"]
 
 
 def test_save_rejects_batched_stm(tmp_path):
