@@ -10,6 +10,12 @@ state machine of a turn::
 and the conversation actions (new, rename, delete, rewind, fork), the binding of a conversation
 to the model fingerprint that made its memory, and the recovery from an unusable snapshot.
 
+Several processes (chat windows, a server) may each run a controller on one data dir. Each turn
+writes its memory to a snapshot file of its own (``Storage.new_snapshot_path``) and is committed only
+if the conversation is still at the revision its memory was built on; a turn that lost that race
+fails (``TurnFailed``), its own file is removed, and the memory is reloaded from the stored turns.
+A conversation changed elsewhere while idle here is reloaded before the next query is answered.
+
 Threading: the controller is used from one thread (the front end's event loop). The worker posts
 its events on its own thread; the front end hands them over to that thread and calls
 :meth:`ChatController.handle`. The controller reports what changed by calling its listeners with
@@ -18,10 +24,12 @@ its events on its own thread; the front end hands them over to that thread and c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from rxt_app.storage import Conversation, Storage, StorageError, TurnStats
+from rxt_app.storage import Conversation, Storage, StorageError, TurnConflictError, TurnStats
 from rxt_app.worker import (
     AnswerFinished,
     InferenceWorker,
@@ -56,7 +64,10 @@ class ActionRefused(Exception):
 
 @dataclass
 class LiveTurn:
-    """A turn sent but not committed yet; ``phase`` is queued, generating or updating."""
+    """A turn sent but not committed yet; ``phase`` is queued, generating or updating.
+
+    ``snapshot``: the file its memory is saved to, this controller's until committed.
+    """
 
     conversation_id: str
     turn: int
@@ -64,6 +75,7 @@ class LiveTurn:
     answer: str = ""
     phase: str = QUEUED
     stopped: bool = False
+    snapshot: Path | None = None
 
 
 @dataclass
@@ -73,7 +85,8 @@ class ConversationState:
     ``ready``: the worker holds its memory at the committed turn. ``loading``: a load was asked
     for and has not answered yet. ``problem``: why its snapshot cannot be used (then
     ``last_good_turn`` is the latest usable one). ``read_only_reason``: why this model cannot
-    continue it. ``live``: its turns in flight, by turn number.
+    continue it. ``live``: its turns in flight, by turn number. ``revision``: the stored revision
+    the worker's memory continues (the one loaded, then each turn committed here).
     """
 
     ready: bool = False
@@ -82,6 +95,7 @@ class ConversationState:
     last_good_turn: int | None = None
     read_only_reason: str | None = None
     live: dict[int, LiveTurn] = field(default_factory=dict)
+    revision: int | None = None
 
 
 @dataclass(frozen=True)
@@ -255,17 +269,19 @@ class ChatController:
         state.read_only_reason = self.read_only_reason(conversation)
         idle = not (state.ready or state.loading or state.live or state.problem)
         if state.read_only_reason is None and idle:
-            self._load(conversation)
+            conversation = self._load(conversation)
         return conversation
 
-    def _load(self, conversation: Conversation) -> None:
+    def _load(self, conversation: Conversation) -> Conversation:
+        """Ask the worker to load the stored memory of a conversation; returns the row it was read with."""
+        conversation, snapshots = self.storage.committed_snapshots(conversation.id)
         state = self.state(conversation.id)
         state.ready = False
         state.loading = True
         state.problem = None
-        turns = range(1, conversation.turn_count + 1)
-        snapshots = [self.storage.snapshot_path(conversation.id, turn) for turn in turns]
+        state.revision = conversation.revision
         self.worker.open(conversation.id, conversation.turn_count, snapshots)
+        return conversation
 
     def latest_or_new(self) -> Conversation:
         """The most recently updated conversation, or a new one when there is none."""
@@ -280,14 +296,16 @@ class ChatController:
 
     def rename(self, conversation_id: str, title: str) -> Conversation:
         """Give a conversation a new title."""
-        conversation = self.storage.rename(conversation_id, title)
+        with _refused_on_storage_error():
+            conversation = self.storage.rename(conversation_id, title)
         self._emit(ConversationsChanged())
         return conversation
 
     def delete(self, conversation_id: str) -> None:
         """Delete a conversation, its messages and its memory; refused while it has turns in flight."""
         self.refuse_if_busy(conversation_id)
-        self.storage.delete(conversation_id)
+        with _refused_on_storage_error():
+            self.storage.delete(conversation_id)
         self.worker.forget(conversation_id)
         self._states.pop(conversation_id, None)
         self._emit(ConversationsChanged())
@@ -297,7 +315,8 @@ class ChatController:
 
         Returns the rewound conversation; raises ActionRefused when there is nothing to rewind.
         """
-        conversation = self.storage.conversation(conversation_id)
+        with _refused_on_storage_error():
+            conversation = self.storage.conversation(conversation_id)
         self.refuse_if_busy(conversation_id)
         reason = self.read_only_reason(conversation)
         if reason:
@@ -312,18 +331,17 @@ class ChatController:
     def rewind_to(self, conversation_id: str, turn: int) -> Conversation:
         """Drop a conversation's turns after ``turn`` and reload its memory at ``turn``."""
         self.refuse_if_busy(conversation_id)
-        conversation = self.storage.rewind_to(conversation_id, turn)
-        self.state(conversation_id).last_good_turn = None
-        self._load(conversation)
+        with _refused_on_storage_error():
+            conversation = self.storage.rewind_to(conversation_id, turn)
+            self.state(conversation_id).last_good_turn = None
+            conversation = self._load(conversation)
         self._emit(ConversationsChanged())
         return conversation
 
     def fork(self, conversation_id: str, turn: int) -> Conversation:
         """A new conversation continuing ``conversation_id`` from ``turn``, with that turn's memory."""
-        try:
+        with _refused_on_storage_error():
             fork = self.storage.fork(conversation_id, turn)
-        except StorageError as error:
-            raise ActionRefused(str(error), "error") from error
         self._emit(ConversationsChanged())
         return fork
 
@@ -337,24 +355,30 @@ class ChatController:
     def send(self, conversation_id: str, query: str) -> LiveTurn:
         """Send ``query`` as the next turn; the worker answers it after any memory update in flight.
 
-        A conversation still called :data:`NEW_TITLE` is named after its first query. Raises
-        ActionRefused for a read-only conversation, an unusable snapshot, or while the previous
-        answer is still being generated.
+        A conversation still called :data:`NEW_TITLE` is named after its first query; one that
+        another process continued or rewound since its memory was loaded here is reloaded first.
+        Raises ActionRefused for a read-only or deleted conversation, an unusable snapshot, or
+        while the previous answer is still being generated.
         """
-        conversation = self.open(conversation_id)
+        with _refused_on_storage_error():
+            conversation = self.open(conversation_id)
         state = self.state(conversation_id)
         reason = state.read_only_reason or state.problem
         if reason:
             raise ActionRefused(reason)
         if any(live.phase in (QUEUED, GENERATING) for live in state.live.values()):
             raise ActionRefused("The previous answer is still coming; stop it first.")
-        turn = conversation.turn_count + len(state.live) + 1
-        live = LiveTurn(conversation_id, turn, query)
+        with _refused_on_storage_error():
+            if not state.live and conversation.revision != state.revision:
+                conversation = self._load(conversation)
+            turn = (max(state.live) if state.live else conversation.turn_count) + 1
+            snapshot = self.storage.new_snapshot_path(conversation_id, turn)
+        live = LiveTurn(conversation_id, turn, query, snapshot=snapshot)
         state.live[turn] = live
         if conversation.title == NEW_TITLE and turn == 1:
             self.rename(conversation_id, query[:TITLE_LENGTH])
         self._emit(TurnQueued(conversation_id, turn, query))
-        self.worker.send(conversation_id, turn, query, self.storage.snapshot_path(conversation_id, turn))
+        self.worker.send(conversation_id, turn, query, snapshot)
         return live
 
     def stop(self) -> None:
@@ -370,7 +394,9 @@ class ChatController:
         self.quitting = True
         for conversation_id, turns in self.worker.drop_queued().items():
             for turn in turns:
-                self.state(conversation_id).live.pop(turn, None)
+                live = self.state(conversation_id).live.pop(turn, None)
+                if live is not None:
+                    self._discard(live.snapshot)
         self.worker.stop()
         return not self.has_live_turns()
 
@@ -423,15 +449,26 @@ class ChatController:
             self._emit(event)
 
     def _turn_saved(self, event: TurnSaved) -> None:
-        live = self.state(event.conversation_id).live.pop(event.turn, None)
+        state = self.state(event.conversation_id)
+        live = state.live.pop(event.turn, None)
         try:
             conversation = self.storage.commit_turn(
-                event.conversation_id, event.turn, event.query, event.answer, event.stats
+                event.conversation_id,
+                event.turn,
+                event.query,
+                event.answer,
+                event.stats,
+                snapshot=event.snapshot,
+                revision=state.revision,
             )
         except StorageError as error:
-            event.snapshot.unlink(missing_ok=True)
-            self._turn_lost(event.conversation_id, live, f"turn {event.turn} was not saved: {error}", "")
+            self._discard(event.snapshot)
+            message = f"turn {event.turn} was not saved: {error}"
+            if isinstance(error, TurnConflictError):
+                message += " (it was changed in another window or process; its saved turns are reloaded)"
+            self._turn_lost(event.conversation_id, live, message, "")
             return
+        state.revision = conversation.revision
         self._emit(TurnCommitted(conversation, event.turn))
 
     def _job_failed(self, event: JobFailed) -> None:
@@ -439,6 +476,7 @@ class ChatController:
         if event.conversation_id is not None and event.turn is not None:
             live = self.state(event.conversation_id).live.pop(event.turn, None)
         if live is not None:
+            self._discard(live.snapshot)
             self._turn_lost(event.conversation_id, live, event.message, event.details)
             return
         if event.conversation_id is not None:
@@ -462,7 +500,26 @@ class ChatController:
             return
         try:
             conversation = self.storage.conversation(conversation_id)
-        except StorageError:
+            if self.read_only_reason(conversation) is None:
+                self._load(conversation)
+        except StorageError:  # deleted meanwhile (maybe by another process): nothing to reload
             return
-        if self.read_only_reason(conversation) is None:
-            self._load(conversation)
+
+    def _discard(self, snapshot: Path | None) -> None:
+        """Remove the snapshot file of a turn that will not be committed (if the database cannot be
+        written now, the next start removes it)."""
+        if snapshot is None:
+            return
+        try:
+            self.storage.discard_snapshot(snapshot)
+        except StorageError:
+            pass
+
+
+@contextmanager
+def _refused_on_storage_error() -> Iterator[None]:
+    """Storage refusals (a conversation deleted elsewhere, an unwritable database) become ActionRefused."""
+    try:
+        yield
+    except StorageError as error:
+        raise ActionRefused(str(error), "error") from error

@@ -1,21 +1,37 @@
-"""Conversations, messages and STM snapshots on disk.
+"""Conversations, messages and STM snapshots on disk, shared safely by several processes.
 
 Layout of a data dir::
 
-    chat.sqlite3                        conversations + messages (WAL, foreign keys)
-    stm/<conversation_id>/<turn>.safetensors   the STM after each turn
+    chat.sqlite3                                      conversations, messages, each turn's snapshot
+    stm/<conversation_id>/<turn>.<key>.safetensors    the STM after a turn (an STM file)
+    writers/<writer>.lock                             one per open Storage, locked while it is open
 
-Crash safety comes from the order of writes: the STM snapshot of turn t is written atomically
-first (by the inference worker, through ``rxt_mlx.stm``), then the messages and the new turn
-count are committed in one transaction (:meth:`Storage.commit_turn`). On open, :meth:`Storage.reconcile`
-removes snapshots that no committed turn refers to, so a kill at any moment loses at most the
-turn in progress. Deletions run the other way round: commit first, then remove files.
+Any number of processes (chat windows, a server) may open one data dir at the same time:
+
+* **The database decides which snapshot belongs to a turn.** A writer first asks for a snapshot
+  file (:meth:`Storage.new_snapshot_path`): a name no other writer gets (``<key>`` is random),
+  recorded in the database as pending for this writer. It writes the STM there (atomically,
+  ``rxt_mlx.stm.save_stm``), then :meth:`Storage.commit_turn` records the turn in one transaction
+  that compares and sets: the conversation must still be at the turn (and the ``revision``) the
+  new memory was built on, or nothing is recorded and the writer removes its own file
+  (:meth:`Storage.discard_snapshot`), never another's.
+* **A file is removed only when no committed turn refers to it and no live writer can still
+  commit it.** :meth:`Storage.reconcile` (run on open) keeps the files pending for a writer whose
+  lock file is still locked (a process killed with -9 loses its lock) and the temp files of saves
+  still running (``rxt_mlx.stm.remove_temp_files``).
+* Rewind and delete commit first, then remove the files no row refers to any more.
+
+So a kill at any moment loses at most the turns in flight of the killed process, and the next open
+of the data dir, by any process, removes what they left. Data dirs of schema 1 (snapshots named
+``<turn>.safetensors``, one writer) are migrated in place: their files keep their names.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import sqlite3
 import uuid
@@ -27,9 +43,23 @@ from pathlib import Path
 
 import platformdirs
 
+from rxt_mlx.errors import RxTError
+from rxt_mlx.stm import remove_temp_files, temp_file_target
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; then every writer counts as live and keeps its files
+    fcntl = None
+
 DATABASE_NAME = "chat.sqlite3"
 SNAPSHOT_FOLDER = "stm"
 SNAPSHOT_SUFFIX = ".safetensors"
+WRITERS_FOLDER = "writers"
+LOCK_SUFFIX = ".lock"
+BUSY_TIMEOUT_SECONDS = 30.0
+"""How long a transaction waits for another process's transaction to end."""
+MAX_TURN = 2**62
+_CONVERSATION_ID = re.compile(r"[0-9a-f]{32}")
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -61,7 +91,31 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX messages_by_conversation ON messages (conversation_id, turn);
     """,
+    """
+    ALTER TABLE conversations ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE snapshots (
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        turn INTEGER NOT NULL CHECK (turn >= 1),
+        file TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, turn),
+        UNIQUE (conversation_id, file)
+    );
+    CREATE TABLE pending_snapshots (
+        conversation_id TEXT NOT NULL,
+        file TEXT NOT NULL,
+        turn INTEGER NOT NULL,
+        writer TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, file)
+    );
+    INSERT INTO snapshots (conversation_id, turn, file)
+        SELECT messages.conversation_id, messages.turn, messages.turn || '.safetensors'
+        FROM messages JOIN conversations ON conversations.id = messages.conversation_id
+        WHERE messages.role = 'assistant' AND messages.turn <= conversations.turn_count;
+    """,
 )
+"""Schema scripts, applied in order; ``PRAGMA user_version`` counts those applied. Statements are
+separated by ``;`` (none holds one inside)."""
 
 
 def default_data_dir() -> Path:
@@ -69,8 +123,13 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("rxt-mlx"))
 
 
-class StorageError(RuntimeError):
-    """The data dir cannot be used as asked (unknown conversation, wrong turn, newer schema)."""
+class StorageError(RxTError, RuntimeError):
+    """The data dir cannot be used as asked (unknown conversation, wrong turn, bad text, newer schema)."""
+
+
+class TurnConflictError(StorageError):
+    """A turn was not committed: the conversation changed (in this or another process) since the
+    turn's memory was built on it. The turn's own snapshot is the caller's to discard."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +148,11 @@ class TurnStats:
 
 @dataclass(frozen=True)
 class Conversation:
-    """One row of the conversations table."""
+    """One row of the conversations table.
+
+    ``revision`` grows with every change of the turns (commit, rewind) by any process; a commit
+    can require the revision its memory was built on (:meth:`Storage.commit_turn`).
+    """
 
     id: str
     title: str
@@ -99,6 +162,7 @@ class Conversation:
     turn_count: int
     forked_from: str | None = None
     forked_at_turn: int | None = None
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,83 +200,299 @@ def _message(row: sqlite3.Row) -> Message:
     return Message(row["conversation_id"], row["turn"], row["role"], row["text"], row["created_at"], stats)
 
 
-class Storage:
-    """The chat's data dir: one SQLite database plus STM snapshot files.
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
 
-    Use from one thread (the UI thread); the inference worker only writes snapshot files at
-    the paths :meth:`snapshot_path` gives it.
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise StorageError(f"{what} must be text, not {type(value).__name__} {_shown(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise StorageError(f"{what} is not valid Unicode text ({error.reason} at character {error.start})") from None
+    return value
+
+
+def _turn(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TURN:
+        raise StorageError(f"a turn is a whole number from 0 to {MAX_TURN}, not {_shown(value)}")
+    return value
+
+
+def _stats_row(stats: object) -> tuple:
+    """The assistant message's figure columns; raises StorageError for figures that cannot be stored as given."""
+    if not isinstance(stats, TurnStats):
+        raise StorageError(f"turn figures must be TurnStats, not {type(stats).__name__}")
+    if isinstance(stats.tokens, bool) or not isinstance(stats.tokens, int) or not 0 <= stats.tokens < 2**63:
+        raise StorageError(f"turn figure tokens must be a whole number >= 0, not {_shown(stats.tokens)}")
+    seconds = (stats.prompt_seconds, stats.ttft_seconds, stats.tokens_per_second, stats.memory_update_seconds)
+    change = stats.memory_change
+    if not isinstance(change, (tuple, list)):
+        raise StorageError(f"turn figure memory_change must be a sequence of numbers, not {_shown(change)}")
+    for number in (*seconds, *change):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise StorageError(
+                f"turn figures (seconds, rates, memory_change) must be finite numbers, not {_shown(number)}"
+            )
+    if not isinstance(stats.stopped, bool):
+        raise StorageError(f"turn figure stopped must be True or False, not {_shown(stats.stopped)}")
+    return (stats.tokens, *seconds, int(stats.stopped), json.dumps([float(number) for number in change]))
+
+
+class Storage:
+    """The chat's data dir: one SQLite database plus STM snapshot files; see the module docstring.
+
+    One Storage is one writer. Use it from one thread (the front end's); the inference worker
+    only writes snapshot files at the paths :meth:`new_snapshot_path` handed out. Several
+    Storages, in one process or many, may share a data dir.
     """
 
     def __init__(self, data_dir: str | os.PathLike[str]):
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.snapshot_root = self.data_dir / SNAPSHOT_FOLDER
-        self.snapshot_root.mkdir(exist_ok=True)
+        self.writers_folder = self.data_dir / WRITERS_FOLDER
         self.database_path = self.data_dir / DATABASE_NAME
-        self._db = sqlite3.connect(self.database_path, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
-        self.reconcile()
+        for folder in (self.data_dir, self.snapshot_root, self.writers_folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.database_path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as error:
+            raise StorageError(f"cannot open the chat database {self.database_path}: {error}") from error
+        self.writer, self._writer_lock = self._register_writer()
+        self._closed = False
+        try:
+            self._migrate()
+            self.reconcile()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
-        """Close the database connection."""
-        self._db.close()
+        """Give up this writer's pending snapshots (they can no longer be committed) and close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with self._transaction() as db:
+                pending = db.execute(
+                    "SELECT conversation_id, file FROM pending_snapshots WHERE writer = ?", (self.writer,)
+                ).fetchall()
+                db.execute("DELETE FROM pending_snapshots WHERE writer = ?", (self.writer,))
+            for conversation_id, file in pending:
+                (self.snapshot_root / conversation_id / file).unlink(missing_ok=True)
+        except StorageError:
+            pass  # a database that cannot be written now: the next reconcile removes them
+        finally:
+            self._db.close()
+            (self.writers_folder / f"{self.writer}{LOCK_SUFFIX}").unlink(missing_ok=True)
+            os.close(self._writer_lock)
+
+    # ----- database plumbing
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction: ``write`` takes the write lock at once (compare-and-set), else a consistent read."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except (sqlite3.Error, OverflowError) as error:
+            raise StorageError(f"{self.database_path}: {error}") from error
 
     @property
     def schema_version(self) -> int:
         """The applied migration count (``PRAGMA user_version``)."""
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
+        with self._transaction(write=False) as db:
+            return db.execute("PRAGMA user_version").fetchone()[0]
 
     def _migrate(self) -> None:
-        version = self.schema_version
-        if version > len(MIGRATIONS):
-            raise StorageError(
-                f"{self.database_path} has schema version {version}, this rxt-chat knows up to {len(MIGRATIONS)}; "
-                "it was written by a newer version"
-            )
-        for number in range(version, len(MIGRATIONS)):
-            self._db.executescript(f"BEGIN;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;")
+        with self._transaction() as db:  # one process migrates; the others wait, then find it done
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StorageError(
+                    f"{self.database_path} has schema version {version}, this rxt-chat knows up to "
+                    f"{len(MIGRATIONS)}; it was written by a newer version"
+                )
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+    def _row(self, db: sqlite3.Connection, conversation_id: object) -> sqlite3.Row:
+        conversation_id = self._checked_id(conversation_id)
+        row = db.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        if row is None:
+            raise StorageError(f"no conversation with id {conversation_id!r} in {self.database_path}")
+        return row
+
+    def _checked_id(self, conversation_id: object) -> str:
+        if not isinstance(conversation_id, str) or not _CONVERSATION_ID.fullmatch(conversation_id):
+            raise StorageError(f"no conversation with id {_shown(conversation_id)} in {self.database_path}")
+        return conversation_id
+
+    # ----- writers
+
+    def _register_writer(self) -> tuple[str, int]:
+        """Create and lock ``writers/<writer>.lock``; the lock says this writer is alive until it closes or dies."""
+        while True:
+            writer = uuid.uuid4().hex
+            path = self.writers_folder / f"{writer}{LOCK_SUFFIX}"
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.path.samestat(os.fstat(descriptor), os.stat(path)):  # not swept away as a dead writer's
+                    os.write(descriptor, f"{os.getpid()}\n".encode())
+                    return writer, descriptor
+            except BlockingIOError:  # another process is sweeping it: try another name
+                pass
+            except FileNotFoundError:
+                pass
+            os.close(descriptor)
+
+    def _writer_alive(self, writer: str) -> bool:
+        """Whether the writer ``writer`` may still commit: its lock file is locked (or locks cannot tell)."""
+        if writer == self.writer:
+            return True
+        try:
+            descriptor = os.open(self.writers_folder / f"{writer}{LOCK_SUFFIX}", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        try:
+            if fcntl is None:
+                return True
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(descriptor)
+
+    def _remove_dead_writer_marks(self) -> None:
+        for path in self.writers_folder.iterdir():
+            writer = path.name.removesuffix(LOCK_SUFFIX)
+            if path.name.endswith(LOCK_SUFFIX) and not self._writer_alive(writer):
+                path.unlink(missing_ok=True)
+
+    # ----- snapshots
 
     def snapshot_path(self, conversation_id: str, turn: int) -> Path:
-        """Where the STM after ``turn`` of a conversation lives (turn 0 has no file: initial STM)."""
-        return self.snapshot_root / conversation_id / f"{turn}{SNAPSHOT_SUFFIX}"
+        """The snapshot file of a committed ``turn`` (turn 0 has none: it is the initial STM).
+
+        For a turn not committed this is the single-writer name ``<turn>.safetensors`` of schema 1;
+        writers that may share the data dir write to :meth:`new_snapshot_path` instead.
+        """
+        turn = _turn(turn)
+        with self._transaction(write=False) as db:
+            self._row(db, conversation_id)
+            row = db.execute(
+                "SELECT file FROM snapshots WHERE conversation_id = ? AND turn = ?", (conversation_id, turn)
+            ).fetchone()
+        return self.snapshot_root / conversation_id / (row[0] if row else f"{turn}{SNAPSHOT_SUFFIX}")
+
+    def committed_snapshots(self, conversation_id: str) -> tuple[Conversation, list[Path]]:
+        """A conversation and the snapshot files of its turns 1..turn_count, read together."""
+        with self._transaction(write=False) as db:
+            conversation = _conversation(self._row(db, conversation_id))
+            files = db.execute(
+                "SELECT file FROM snapshots WHERE conversation_id = ? AND turn <= ? ORDER BY turn",
+                (conversation_id, conversation.turn_count),
+            ).fetchall()
+        return conversation, [self.snapshot_root / conversation_id / file for (file,) in files]
+
+    def new_snapshot_path(self, conversation_id: str, turn: int) -> Path:
+        """A new file for the STM after ``turn`` (not committed yet), pending for this writer.
+
+        The name is this writer's alone, and no process removes the file while this writer lives
+        (or until :meth:`commit_turn` makes it the turn's snapshot or :meth:`discard_snapshot` drops it).
+        """
+        turn = _turn(turn)
+        file = f"{turn}.{uuid.uuid4().hex[:16]}{SNAPSHOT_SUFFIX}"
+        with self._transaction() as db:
+            conversation = _conversation(self._row(db, conversation_id))
+            if turn <= conversation.turn_count:
+                raise StorageError(f"turn {turn} of conversation {conversation_id} is committed already")
+            db.execute(
+                "INSERT INTO pending_snapshots (conversation_id, file, turn, writer, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, file, turn, self.writer, _now()),
+            )
+        folder = self.snapshot_root / conversation_id
+        folder.mkdir(exist_ok=True)
+        return folder / file
+
+    def discard_snapshot(self, snapshot: Path) -> None:
+        """Remove a snapshot :meth:`new_snapshot_path` handed to this writer and that was not committed.
+
+        Anything else (a committed snapshot, another writer's file) is left alone.
+        """
+        snapshot = Path(snapshot)
+        conversation_id, file = snapshot.parent.name, snapshot.name
+        with self._transaction() as db:
+            deleted = db.execute(
+                "DELETE FROM pending_snapshots WHERE conversation_id = ? AND file = ? AND writer = ?",
+                (conversation_id, file, self.writer),
+            ).rowcount
+            committed = db.execute(
+                "SELECT 1 FROM snapshots WHERE conversation_id = ? AND file = ?", (conversation_id, file)
+            ).fetchone()
+        if deleted and not committed:
+            (self.snapshot_root / conversation_id / file).unlink(missing_ok=True)
 
     def reconcile(self) -> list[Path]:
-        """Remove snapshot files no committed turn refers to; returns the removed paths.
+        """Remove the files no committed turn refers to and no live writer can still commit; returns them.
 
-        A snapshot of a turn past the conversation's committed turn count is the trace of a turn
-        interrupted between the snapshot write and the commit; a folder of an unknown
-        conversation is left over from a delete; ``.tmp`` files are half-written snapshots.
+        Those are the snapshots of turns a killed process had not committed, the temp files of its
+        interrupted saves, folders of deleted conversations, and the pending records and lock files of
+        dead writers. The files of live writers (this one and other processes) are kept.
         """
-        turn_counts = {row[0]: row[1] for row in self._db.execute("SELECT id, turn_count FROM conversations")}
+        listing = {entry: list(entry.iterdir()) if entry.is_dir() else None for entry in self.snapshot_root.iterdir()}
+        with self._transaction(write=False) as db:  # read after listing: a listed file's record is visible
+            conversations = {row[0] for row in db.execute("SELECT id FROM conversations")}
+            committed = {(row[0], row[1]) for row in db.execute("SELECT conversation_id, file FROM snapshots")}
+            pending = [tuple(row) for row in db.execute("SELECT conversation_id, file, writer FROM pending_snapshots")]
+        live = {writer: self._writer_alive(writer) for writer in {writer for _, _, writer in pending}}
+        claimed = {(conversation_id, file) for conversation_id, file, writer in pending if live[writer]}
+        dead = [writer for writer, alive in live.items() if not alive]
+        if dead:
+            with self._transaction() as db:
+                db.executemany("DELETE FROM pending_snapshots WHERE writer = ?", [(writer,) for writer in dead])
         removed: list[Path] = []
-        for folder in self.snapshot_root.iterdir():
-            if folder.name not in turn_counts:
-                shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
-                removed.append(folder)
+        for entry, files in listing.items():
+            # a folder of no conversation and no live claim: a deleted conversation's, or a fork's
+            # that was never committed (a fork records its claims before it creates its folder)
+            if files is None or (entry.name not in conversations and all(c != entry.name for c, _ in claimed)):
+                shutil.rmtree(entry, ignore_errors=True) if files is not None else entry.unlink(missing_ok=True)
+                removed.append(entry)
                 continue
-            for path in folder.iterdir():
-                turn = _snapshot_turn(path)
-                if turn is None or turn > turn_counts[folder.name]:
-                    path.unlink()
+            removed.extend(remove_temp_files(entry))
+            for path in files:
+                kept = (entry.name, path.name) in committed or (entry.name, path.name) in claimed
+                if not kept and temp_file_target(path.name) is None:
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                     removed.append(path)
+        self._remove_dead_writer_marks()
         return removed
+
+    # ----- conversations
 
     def create_conversation(self, title: str, model_fingerprint: str) -> Conversation:
         """Add an empty conversation bound to ``model_fingerprint``."""
+        title, model_fingerprint = _text(title, "title"), _text(model_fingerprint, "model fingerprint")
         conversation_id = uuid.uuid4().hex
         now = _now()
         with self._transaction() as db:
@@ -221,46 +501,81 @@ class Storage:
                 " VALUES (?, ?, ?, ?, ?)",
                 (conversation_id, title, model_fingerprint, now, now),
             )
-        return self.conversation(conversation_id)
+            return _conversation(self._row(db, conversation_id))
 
     def conversation(self, conversation_id: str) -> Conversation:
         """The conversation with this id; raises StorageError if there is none."""
-        row = self._db.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-        if row is None:
-            raise StorageError(f"no conversation with id {conversation_id!r} in {self.database_path}")
-        return _conversation(row)
+        with self._transaction(write=False) as db:
+            return _conversation(self._row(db, conversation_id))
 
     def conversations(self) -> list[Conversation]:
         """All conversations, most recently updated first."""
-        rows = self._db.execute("SELECT * FROM conversations ORDER BY updated_at DESC, rowid DESC")
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT * FROM conversations ORDER BY updated_at DESC, rowid DESC").fetchall()
         return [_conversation(row) for row in rows]
 
     def messages(self, conversation_id: str) -> list[Message]:
         """The transcript of a conversation in order (user before assistant within a turn)."""
-        rows = self._db.execute(
-            "SELECT * FROM messages WHERE conversation_id = ? ORDER BY turn, role DESC", (conversation_id,)
-        )
+        conversation_id = self._checked_id(conversation_id)
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT * FROM messages WHERE conversation_id = ? ORDER BY turn, role DESC", (conversation_id,)
+            ).fetchall()
         return [_message(row) for row in rows]
 
     def rename(self, conversation_id: str, title: str) -> Conversation:
         """Give a conversation a new title."""
+        title = _text(title, "title")
         with self._transaction() as db:
+            self._row(db, conversation_id)
             db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
-        return self.conversation(conversation_id)
+            return _conversation(self._row(db, conversation_id))
 
-    def commit_turn(self, conversation_id: str, turn: int, query: str, answer: str, stats: TurnStats) -> Conversation:
-        """Record turn ``turn`` (query, answer, figures) after its STM snapshot was written.
+    def commit_turn(
+        self,
+        conversation_id: str,
+        turn: int,
+        query: str,
+        answer: str,
+        stats: TurnStats,
+        snapshot: Path | None = None,
+        revision: int | None = None,
+    ) -> Conversation:
+        """Record turn ``turn`` (query, answer, figures, snapshot) after its STM snapshot was written.
 
-        Raises StorageError if the snapshot file is missing or ``turn`` is not the next turn.
+        One transaction compares and sets: ``turn`` must be the conversation's next turn and, when
+        ``revision`` is given, the conversation must still be at that revision (the one the turn's
+        memory was built on); otherwise TurnConflictError, and nothing is recorded.
+
+        Args:
+            snapshot: the file from :meth:`new_snapshot_path` holding the STM after ``turn``
+                (default: ``<turn>.safetensors``, for a single writer).
+            revision: the conversation's ``revision`` the turn continues.
+
+        Raises:
+            StorageError: the snapshot file is missing, the conversation is unknown, or a text or
+                figure cannot be stored (TurnConflictError: see above).
         """
-        snapshot = self.snapshot_path(conversation_id, turn)
+        turn = _turn(turn)
+        query, answer, figures = _text(query, "query"), _text(answer, "answer"), _stats_row(stats)
+        folder = self.snapshot_root / self._checked_id(conversation_id)
+        snapshot = Path(snapshot) if snapshot is not None else folder / f"{turn}{SNAPSHOT_SUFFIX}"
+        if snapshot.parent != folder:
+            raise StorageError(f"snapshot {snapshot} of conversation {conversation_id} is not in {folder}")
         if not snapshot.is_file():
             raise StorageError(f"turn {turn} of {conversation_id} has no STM snapshot at {snapshot}; write it first")
         now = _now()
         with self._transaction() as db:
-            current = self.conversation(conversation_id).turn_count
-            if turn != current + 1:
-                raise StorageError(f"conversation {conversation_id} is at turn {current}; cannot commit turn {turn}")
+            current = _conversation(self._row(db, conversation_id))
+            if turn != current.turn_count + 1:
+                raise TurnConflictError(
+                    f"conversation {conversation_id} is at turn {current.turn_count}; cannot commit turn {turn}"
+                )
+            if revision is not None and revision != current.revision:
+                raise TurnConflictError(
+                    f"conversation {conversation_id} changed since turn {turn} was started "
+                    f"(revision {current.revision}, the turn continues revision {revision}); it was not committed"
+                )
             db.execute(
                 "INSERT INTO messages (conversation_id, turn, role, text, created_at) VALUES (?, ?, 'user', ?, ?)",
                 (conversation_id, turn, query, now),
@@ -269,104 +584,150 @@ class Storage:
                 "INSERT INTO messages (conversation_id, turn, role, text, created_at, tokens, prompt_seconds,"
                 " ttft_seconds, tokens_per_second, memory_update_seconds, stopped, memory_change)"
                 " VALUES (?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    conversation_id,
-                    turn,
-                    answer,
-                    now,
-                    stats.tokens,
-                    stats.prompt_seconds,
-                    stats.ttft_seconds,
-                    stats.tokens_per_second,
-                    stats.memory_update_seconds,
-                    int(stats.stopped),
-                    json.dumps(list(stats.memory_change)),
-                ),
+                (conversation_id, turn, answer, now, *figures),
             )
             db.execute(
-                "UPDATE conversations SET turn_count = ?, updated_at = ? WHERE id = ?", (turn, now, conversation_id)
+                "INSERT INTO snapshots (conversation_id, turn, file) VALUES (?, ?, ?)",
+                (conversation_id, turn, snapshot.name),
             )
-        return self.conversation(conversation_id)
+            db.execute(
+                "DELETE FROM pending_snapshots WHERE conversation_id = ? AND file = ?", (conversation_id, snapshot.name)
+            )
+            db.execute(
+                "UPDATE conversations SET turn_count = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
+                (turn, now, conversation_id),
+            )
+            return _conversation(self._row(db, conversation_id))
 
     def rewind_to(self, conversation_id: str, turn: int) -> Conversation:
-        """Drop every turn after ``turn`` (messages, then snapshot files)."""
-        current = self.conversation(conversation_id).turn_count
-        if not 0 <= turn <= current:
-            raise StorageError(f"cannot rewind conversation {conversation_id} at turn {current} to turn {turn}")
+        """Drop every turn after ``turn`` (messages and snapshot records, then their files)."""
+        turn = _turn(turn)
         with self._transaction() as db:
-            db.execute("DELETE FROM messages WHERE conversation_id = ? AND turn > ?", (conversation_id, turn))
-            db.execute(
-                "UPDATE conversations SET turn_count = ?, updated_at = ? WHERE id = ?", (turn, _now(), conversation_id)
-            )
-        for dropped in range(turn + 1, current + 1):
-            self.snapshot_path(conversation_id, dropped).unlink(missing_ok=True)
-        return self.conversation(conversation_id)
+            current = _conversation(self._row(db, conversation_id)).turn_count
+            if turn > current:
+                raise StorageError(f"cannot rewind conversation {conversation_id} at turn {current} to turn {turn}")
+            dropped = db.execute(
+                "SELECT file FROM snapshots WHERE conversation_id = ? AND turn > ?", (conversation_id, turn)
+            ).fetchall()
+            if turn < current:
+                db.execute("DELETE FROM messages WHERE conversation_id = ? AND turn > ?", (conversation_id, turn))
+                db.execute("DELETE FROM snapshots WHERE conversation_id = ? AND turn > ?", (conversation_id, turn))
+                db.execute(
+                    "UPDATE conversations SET turn_count = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
+                    (turn, _now(), conversation_id),
+                )
+            conversation = _conversation(self._row(db, conversation_id))
+        for (file,) in dropped:
+            (self.snapshot_root / conversation_id / file).unlink(missing_ok=True)
+        return conversation
 
     def rewind(self, conversation_id: str) -> Conversation:
         """Undo the last turn."""
-        return self.rewind_to(conversation_id, self.conversation(conversation_id).turn_count - 1)
+        turn_count = self.conversation(conversation_id).turn_count
+        if turn_count == 0:
+            raise StorageError(f"cannot rewind conversation {conversation_id}: it has no turns")
+        return self.rewind_to(conversation_id, turn_count - 1)
 
     def fork(self, conversation_id: str, turn: int, title: str | None = None) -> Conversation:
         """A new conversation holding turns 1..``turn`` of another one, with their snapshots.
 
-        Snapshot files are immutable once written, so they are hard-linked (copied where the
-        file system cannot link) before the new conversation is committed.
+        Snapshot files are immutable once written, so they are hard-linked (copied where the file
+        system cannot link) under names pending for this writer, then the new conversation is
+        committed, if turns 1..``turn`` of the source are still the same (else StorageError).
         """
-        source = self.conversation(conversation_id)
-        if not 0 <= turn <= source.turn_count:
-            raise StorageError(
-                f"conversation {conversation_id} has turns 0..{source.turn_count}; cannot fork at {turn}"
-            )
+        turn = _turn(turn)
+        title = None if title is None else _text(title, "title")
+        with self._transaction(write=False) as db:
+            source = _conversation(self._row(db, conversation_id))
+            if turn > source.turn_count:
+                raise StorageError(
+                    f"conversation {conversation_id} has turns 0..{source.turn_count}; cannot fork at {turn}"
+                )
+            sources = self._snapshot_rows(db, conversation_id, turn)
+        if [linked_turn for linked_turn, _ in sources] != list(range(1, turn + 1)):
+            raise StorageError(f"conversation {conversation_id} has no snapshot record for some of turns 1..{turn}")
         fork_id = uuid.uuid4().hex
-        for linked_turn in range(1, turn + 1):
-            _link_or_copy(self.snapshot_path(conversation_id, linked_turn), self.snapshot_path(fork_id, linked_turn))
+        files = [f"{linked_turn}.{uuid.uuid4().hex[:16]}{SNAPSHOT_SUFFIX}" for linked_turn, _ in sources]
         now = _now()
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO conversations (id, title, model_fingerprint, created_at, updated_at, turn_count,"
-                " forked_from, forked_at_turn) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    fork_id,
-                    title or f"{source.title} (fork @{turn})",
-                    source.model_fingerprint,
-                    now,
-                    now,
-                    turn,
-                    conversation_id,
-                    turn,
-                ),
+            db.executemany(
+                "INSERT INTO pending_snapshots (conversation_id, file, turn, writer, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (fork_id, file, linked_turn, self.writer, now)
+                    for (linked_turn, _), file in zip(sources, files, strict=True)
+                ],
             )
-            db.execute(
-                "INSERT INTO messages (conversation_id, turn, role, text, created_at, tokens, prompt_seconds,"
-                " ttft_seconds, tokens_per_second, memory_update_seconds, stopped, memory_change)"
-                " SELECT ?, turn, role, text, created_at, tokens, prompt_seconds, ttft_seconds, tokens_per_second,"
-                " memory_update_seconds, stopped, memory_change FROM messages WHERE conversation_id = ? AND turn <= ?",
-                (fork_id, conversation_id, turn),
-            )
-        return self.conversation(fork_id)
+        try:
+            for (_, source_file), file in zip(sources, files, strict=True):
+                source_path = self.snapshot_root / conversation_id / source_file
+                _link_or_copy(source_path, self.snapshot_root / fork_id / file)
+            with self._transaction() as db:
+                self._row(db, conversation_id)
+                if self._snapshot_rows(db, conversation_id, turn) != sources:
+                    raise StorageError(f"cannot fork: conversation {conversation_id} was rewound meanwhile")
+                db.execute(
+                    "INSERT INTO conversations (id, title, model_fingerprint, created_at, updated_at, turn_count,"
+                    " forked_from, forked_at_turn) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        fork_id,
+                        title or f"{source.title} (fork @{turn})",
+                        source.model_fingerprint,
+                        now,
+                        now,
+                        turn,
+                        conversation_id,
+                        turn,
+                    ),
+                )
+                db.execute(
+                    "INSERT INTO messages (conversation_id, turn, role, text, created_at, tokens, prompt_seconds,"
+                    " ttft_seconds, tokens_per_second, memory_update_seconds, stopped, memory_change)"
+                    " SELECT ?, turn, role, text, created_at, tokens, prompt_seconds, ttft_seconds,"
+                    " tokens_per_second, memory_update_seconds, stopped, memory_change FROM messages"
+                    " WHERE conversation_id = ? AND turn <= ?",
+                    (fork_id, conversation_id, turn),
+                )
+                db.executemany(
+                    "INSERT INTO snapshots (conversation_id, turn, file) VALUES (?, ?, ?)",
+                    [(fork_id, linked_turn, file) for (linked_turn, _), file in zip(sources, files, strict=True)],
+                )
+                db.execute("DELETE FROM pending_snapshots WHERE conversation_id = ?", (fork_id,))
+                return _conversation(self._row(db, fork_id))
+        except BaseException:
+            for file in files:
+                self.discard_snapshot(self.snapshot_root / fork_id / file)
+            shutil.rmtree(self.snapshot_root / fork_id, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _snapshot_rows(db: sqlite3.Connection, conversation_id: str, turn: int) -> list[tuple[int, str]]:
+        """The (turn, file) records of turns 1..``turn``."""
+        rows = db.execute(
+            "SELECT turn, file FROM snapshots WHERE conversation_id = ? AND turn <= ? ORDER BY turn",
+            (conversation_id, turn),
+        )
+        return [(row[0], row[1]) for row in rows]
 
     def delete(self, conversation_id: str) -> None:
-        """Remove a conversation, its messages and its snapshots."""
+        """Remove a conversation, its messages and its snapshots (nothing if there is no such conversation)."""
+        conversation_id = self._checked_id(conversation_id)
         with self._transaction() as db:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
         shutil.rmtree(self.snapshot_root / conversation_id, ignore_errors=True)
 
 
-def _snapshot_turn(path: Path) -> int | None:
-    if path.suffix != SNAPSHOT_SUFFIX or not path.stem.isdigit():
-        return None
-    return int(path.stem)
-
-
 def _link_or_copy(source: Path, target: Path) -> None:
-    if not source.is_file():
-        raise StorageError(f"cannot fork: STM snapshot {source} is missing")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Hard-link ``source`` as ``target`` (a name pending for the caller), or copy it and fsync the copy."""
     try:
-        os.link(source, target)
-    except OSError:
-        partial = target.with_name(target.name + ".tmp")
-        shutil.copyfile(source, partial)
-        with open(partial, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+            with open(target, "rb") as handle:
+                os.fsync(handle.fileno())
+    except OSError as error:
+        raise StorageError(
+            f"cannot fork: STM snapshot {source} cannot be linked or copied ({error.strerror})"
+        ) from None

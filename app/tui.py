@@ -40,6 +40,8 @@ from textual.message import Message as TextualMessage
 from textual.screen import Screen
 from textual.widgets import Footer, Input, ListView, Static
 
+from rxt_mlx.hub import source_label
+
 SHOWN_TURNS = 50
 """The transcript shows the last SHOWN_TURNS turns; the memory holds them all anyway."""
 
@@ -92,6 +94,8 @@ class ChatApp(App[None]):
         self.current: Conversation | None = None
         self.closing = False  # exit() called: the screen may be torn down under late worker events
         self.chosen_turn: int | None = None
+        self.model_label = source_label(worker.model_dir)
+        self.sub_title = worker.description
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -260,7 +264,7 @@ class ChatApp(App[None]):
         stats = self.controller.turn_stats(self.current.id) if self.current else []
         activity = self.controller.activity()
         figures = StatusFigures(
-            model=self.controller.worker.model_dir.name,
+            model=self.model_label,
             turn=self.current.turn_count if self.current else 0,
             memory=self.controller.memory_state(self.current.id) if self.current else "-",
             stats=stats[-1] if stats else None,
@@ -312,8 +316,7 @@ class ChatApp(App[None]):
         conversation_id = self.current.id
 
         async def renamed(title: str | None) -> None:
-            if title:
-                self.controller.rename(conversation_id, title)
+            if title and not self.refused(self.controller.rename, conversation_id, title):
                 await self.render_events()
 
         self.push_screen(TextPromptScreen("Rename the conversation", self.current.title), renamed)

@@ -21,8 +21,10 @@ from typing import Any
 
 from rxt_app.storage import TurnStats
 
+from rxt_mlx.errors import RxTError
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(RxTError, RuntimeError):
     """The model folder given to rxt-chat cannot be loaded (missing, not a model, bad weights)."""
 
 
@@ -157,6 +159,8 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name="rxt-inference", daemon=True)
         self.model = None
         self.tokenizer = None
+        self.description = ""
+        """The loaded model in words (``rxt_mlx.describe_model``): source, size, precision, context, STM."""
         self.fingerprint = ""
         self.stm_shape: tuple[int, ...] = ()
 
@@ -179,7 +183,10 @@ class InferenceWorker:
         self._jobs.put(_Open(conversation_id, turn, tuple(snapshots)))
 
     def send(self, conversation_id: str, turn: int, query: str, snapshot: Path) -> None:
-        """Answer ``query`` as ``turn`` of an opened conversation, then update and save its STM to ``snapshot``."""
+        """Answer ``query`` as ``turn`` of an opened conversation, then update and save its STM to ``snapshot``.
+
+        ``snapshot`` should come from ``Storage.new_snapshot_path``: a file no other writer uses.
+        """
         self._jobs.put(_Send(conversation_id, turn, query, snapshot))
 
     def forget(self, conversation_id: str) -> None:
@@ -259,6 +266,7 @@ class InferenceWorker:
         if not (self.model_dir / "config.json").is_file():
             raise ModelLoadError(f"{self.model_dir} has no config.json; expected an MLX model folder from rxt-convert")
         self.model, self.tokenizer = rxt_mlx.load(self.model_dir)
+        self.description = rxt_mlx.describe_model(self.model, self.model_dir)
         self.fingerprint = self.model.fingerprint
         self.stm_shape = tuple(self.model.initial_stm().shape)
 

@@ -43,6 +43,7 @@ class ScriptedWorker:
     def __init__(self, fingerprint: str = FINGERPRINT):
         self.fingerprint = fingerprint
         self.model_dir = Path("tiny-model")
+        self.description = "tiny-model: a scripted stand-in"
         self.deliver: Callable[[WorkerEvent], object] = lambda event: None
         self.opened: list[tuple[str, int]] = []
         self.sent: list[tuple[str, int, str, Path]] = []

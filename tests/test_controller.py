@@ -98,7 +98,8 @@ def test_a_turn_goes_queued_generating_updating_committed(chat):
     assert (live.turn, live.phase, live.answer) == (1, "queued", "")
     assert controller.storage.conversation(conversation.id).title == query[:40]
     assert chat.take_events() == [ConversationsChanged(), TurnQueued(conversation.id, 1, query)]
-    assert worker.sent == [(conversation.id, 1, query, chat.storage.snapshot_path(conversation.id, 1))]
+    assert worker.sent == [(conversation.id, 1, query, live.snapshot)]
+    assert live.snapshot.parent == chat.storage.snapshot_root / conversation.id and live.snapshot.name[:2] == "1."
     assert controller.activity() == "waiting for memory update"
 
     worker.answer(0, ["Hi", " Ann"])
@@ -127,6 +128,7 @@ def test_a_turn_goes_queued_generating_updating_committed(chat):
     chat.settle()
     assert list(state.live) == [2]
     assert chat.transcript(conversation.id) == [(1, "user", query), (1, "assistant", "Hi Ann")]
+    assert chat.storage.snapshot_path(conversation.id, 1) == live.snapshot
     chat.finish(1, "Ann")
     assert not controller.has_live_turns() and controller.memory_state(conversation.id) == "ready"
     assert chat.storage.conversation(conversation.id).turn_count == 2
@@ -176,11 +178,13 @@ def test_an_unusable_snapshot_is_rewound_to_the_last_good_turn(chat, tmp_path):
         controller.send(conversation.id, "three")
 
     chat.worker.problem = None
+    unusable = chat.storage.snapshot_path(conversation.id, 2)
+    assert unusable.is_file()
     assert controller.rewind(conversation.id).turn_count == 1
     chat.settle()
     assert (state.ready, state.problem, state.last_good_turn) == (True, None, None)
     assert chat.worker.opened == [(conversation.id, 2), (conversation.id, 1)]
-    assert not chat.storage.snapshot_path(conversation.id, 2).exists()
+    assert not unusable.exists()
     assert chat.transcript(conversation.id) == [(1, "user", "one"), (1, "assistant", "answer to one")]
     chat.storage.close()
 
@@ -200,7 +204,7 @@ def test_rewind_undoes_the_last_turn_once_nothing_is_in_flight(chat):
     assert controller.rewind(conversation.id).turn_count == 2
     assert worker.opened[-1] == (conversation.id, 2)
     assert chat.take_events() == [ConversationsChanged()]
-    assert not chat.storage.snapshot_path(conversation.id, 3).exists()
+    assert not worker.sent[2][3].exists()
     assert [turn for turn, _, _ in chat.transcript(conversation.id)] == [1, 1, 2, 2]
     chat.settle()
     assert controller.state(conversation.id).ready
@@ -316,3 +320,76 @@ def test_listeners_can_unsubscribe(chat):
     unsubscribe()
     chat.controller.create()
     assert seen == [ConversationsChanged()]
+
+
+# ----- two chats (windows, processes) on one data dir
+
+
+def test_a_stale_window_loses_its_turn_but_never_the_other_windows_memory(tmp_path):
+    """Issue 15: B commits turn 2 while A's turn 2 is in flight; A must not remove B's snapshot."""
+    a, b = Chat(tmp_path / "data"), Chat(tmp_path / "data")
+    conversation = a.ready_conversation()
+    a.answered(conversation.id, ["one"])
+    b.controller.open(conversation.id)
+    b.settle()
+    a.controller.send(conversation.id, "two, from A")
+    b.answered(conversation.id, ["two, from B"])
+    theirs, mine = b.storage.snapshot_path(conversation.id, 2), a.worker.sent[1][3]
+    assert theirs != mine
+    a.take_events()
+    a.finish(1, "A's answer")
+    failure, reloaded = a.take_events()[-2:]
+    assert isinstance(failure, TurnFailed) and failure.turn == 2 and failure.query == "two, from A"
+    assert failure.message.startswith("turn 2 was not saved") and "another window or process" in failure.message
+    assert reloaded == SessionReady(conversation.id, 2)  # the stored memory, B's turn 2
+    assert theirs.is_file() and not mine.exists()
+    assert a.storage.snapshot_path(conversation.id, 2) == theirs
+
+    a.answered(conversation.id, ["three, from A"])  # A goes on after B's turn
+    assert [text for _, role, text in a.transcript(conversation.id) if role == "user"] == [
+        "one",
+        "two, from B",
+        "three, from A",
+    ]
+    live = b.controller.send(conversation.id, "four, from B")  # B, idle meanwhile, reloads first
+    assert b.worker.opened[-1] == (conversation.id, 3) and live.turn == 4
+    b.settle()
+    b.finish(1, "B's answer")
+    assert b.storage.conversation(conversation.id).turn_count == 4
+    assert all(path.is_file() for path in a.storage.committed_snapshots(conversation.id)[1])
+    a.storage.close()
+    b.storage.close()
+
+
+def test_a_window_opening_the_data_dir_keeps_another_windows_turn_in_flight(tmp_path):
+    """Issue 15: the start-up clean-up of one process must not remove what another has not committed yet."""
+    chat = Chat(tmp_path / "data")
+    conversation = chat.ready_conversation()
+    chat.controller.send(conversation.id, "one")
+    chat.worker.answer(0, ["1"])
+    chat.worker.save(0, "1")  # the snapshot is written; its commit waits in the inbox
+    Storage(tmp_path / "data").close()  # another window starts (and quits)
+    chat.settle()
+    assert chat.storage.conversation(conversation.id).turn_count == 1
+    assert chat.storage.snapshot_path(conversation.id, 1).is_file()
+    chat.storage.close()
+
+
+def test_turns_that_will_not_be_committed_leave_no_file(chat):
+    controller, worker = chat.controller, chat.worker
+    conversation = chat.ready_conversation()
+    controller.send(conversation.id, "fails")
+    worker.answer(0, ["x"])
+    worker.save(0, "x")
+    chat.inbox[-1:] = [JobFailed(conversation.id, 1, "OSError: disk full", "")]
+    chat.settle()
+    controller.send(conversation.id, "kept")
+    worker.answer(1, ["y"])
+    chat.settle()
+    controller.send(conversation.id, "dropped on quit")
+    assert controller.wind_down() is False
+    worker.save(1, "y")
+    chat.settle()
+    assert chat.storage.conversation(conversation.id).turn_count == 1
+    folder = chat.storage.snapshot_root / conversation.id
+    assert list(folder.iterdir()) == [chat.storage.snapshot_path(conversation.id, 1)]
