@@ -1,6 +1,6 @@
 """Turn a checkpoint's tensors into the canonical rxlm state (docs/architecture.md §The canonical state).
 
-Canonical state: a flat dict of full-model rxlm key -> numpy array, with the vectorized MoE
+Canonical state: a flat dict of full-model rxlm key -> MLX array, with the vectorized MoE
 layout (``w1 (E, D, 2F)``, ``w2 (E, F, D)``, ``b1``, ``b2``), no RoPE or STM buffers, and the
 shared embedding once as ``decoder.model.embedding.weight``.
 
@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import mlx.core as mx
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -34,7 +35,7 @@ ENCODER_EMBEDDING = "encoder.model.embedding.weight"
 LEGACY_EXPERT = re.compile(
     r"^(?P<ff>.+\.ff)\.experts\.(?P<expert>\d+)\.(?P<part>fc1\.linear|fc2)\.(?P<kind>weight|bias)$"
 )
-DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": None}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROGRESS_BYTES = 256 * 2**20
 
 
@@ -295,15 +296,15 @@ def source_dtype(store: TensorStore, planned: dict[str, PlannedTensor]) -> str:
 
 def iter_materialized(
     store: TensorStore, planned: dict[str, PlannedTensor], dtype: str, progress: bool | None = None
-) -> Iterator[tuple[str, np.ndarray]]:
+) -> Iterator[tuple[str, mx.array]]:
     """Load and convert the planned tensors one at a time, so a caller can keep only the converted copy.
 
-    Arrays come as numpy ``dtype``; for ``bfloat16`` (which numpy lacks) they stay float32 and
-    the caller casts them in MLX. bf16 sources go through torch to float32 first.
+    Each tensor is read, built (legacy experts stacked), cast to ``dtype`` in torch and handed
+    over as an MLX array of that dtype (bf16 through its bits, which numpy cannot hold).
     """
     if dtype not in DTYPES:
         raise CanonicalError(f"unsupported output dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
-    target = DTYPES[dtype] or np.float32
+    target = DTYPES[dtype]
     if progress is None:
         progress = store.nbytes >= PROGRESS_BYTES and sys.stderr.isatty()
     for key, entry in tqdm(planned.items(), desc="converting", unit="tensor", disable=not progress):
@@ -314,18 +315,27 @@ def iter_materialized(
                 f"(max abs diff {float((tensors[0].float() - tensors[1].float()).abs().max()):.3g}); "
                 "the shared embedding is ambiguous"
             )
-        tensor = entry.build(tensors[:1] if key == EMBEDDING else tensors)
+        tensor = entry.build(tensors[:1] if key == EMBEDDING else tensors).detach()
+        del tensors
         if not tensor.dtype.is_floating_point:
             raise CanonicalError(f"{entry.sources[0]}: expected a floating-point weight, got {tensor.dtype}")
-        with np.errstate(over="ignore"):  # overflow is reported below, with the key
-            array = tensor.detach().to(torch.float32).numpy().astype(target, copy=False)
-        if target is np.float16 and not np.isfinite(array).all() and torch.isfinite(tensor).all():
+        converted = tensor.to(target)
+        if target is torch.float16 and not torch.isfinite(converted).all() and torch.isfinite(tensor).all():
             raise CanonicalError(f"{entry.sources[0]}: values overflow float16; use --dtype bfloat16 or float32")
-        yield key, array
+        del tensor
+        yield key, to_mlx(converted)
+
+
+def to_mlx(tensor: torch.Tensor) -> mx.array:
+    """A CPU tensor as an MLX array of the same dtype (one copy; bf16 goes through its 16-bit pattern)."""
+    tensor = tensor.contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return mx.array(tensor.view(torch.int16).numpy()).view(mx.bfloat16)
+    return mx.array(tensor.numpy())
 
 
 def materialize(
     store: TensorStore, planned: dict[str, PlannedTensor], dtype: str, progress: bool | None = None
-) -> dict[str, np.ndarray]:
+) -> dict[str, mx.array]:
     """The canonical rxlm state: every planned tensor loaded and converted (see :func:`iter_materialized`)."""
     return dict(iter_materialized(store, planned, dtype, progress))

@@ -3,8 +3,9 @@
 Reads a full-model rxlm folder, three per-component folders, or an ``rxt-train``
 checkpoint, from disk or downloaded from the Hugging Face Hub (:mod:`rxt_mlx.hub`); checks every
 weight against the layout the config describes (missing, unexpected and mis-shaped weights are
-errors, never random init); writes ``config.json``, ``model.safetensors`` and the tokenizer files
-into the output folder, or into the cache of converted models. :func:`convert_folder` is the
+errors, never random init); writes ``config.json``, the weights (``model.safetensors``, or shards
+with an index for large models, streamed one tensor at a time) and the tokenizer files into the
+output folder, or into the cache of converted models. :func:`convert_folder` is the
 converter ``rxt_mlx.load`` finds through the ``rxt_mlx.converters`` entry point.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -23,12 +25,14 @@ from typing import Any
 from rxt_mlx import hub, model_cache
 from rxt_mlx.config import MEMORY_ATTENTION_VARIANTS, ConfigError, RxTConfig, TokenizerConfig
 from rxt_mlx.errors import RxTError
+from rxt_mlx.model import MAX_SHARD_BYTES
 
 from . import canonical
 from .sources import Source, find_tokenizer, read_json, read_source, special_token_ids, tokenizer_files
 
 Q_BITS = (4, 8)
 Q_GROUP_SIZES = (32, 64, 128)
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 DESCRIPTION = """\
 Convert an RxT checkpoint saved by rxlm (save_pretrained / push_to_hub layout) or by rxt-train
@@ -82,6 +86,7 @@ class Options:
     overwrite: bool = False
     progress: bool | None = None
     revision: str | None = None
+    max_shard_bytes: int = MAX_SHARD_BYTES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     quantization.add_argument(
         "--q-group-size", type=int, choices=Q_GROUP_SIZES, default=None, help="quantization group size (default 64)"
     )
+    parser.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        default=MAX_SHARD_BYTES,
+        metavar="SIZE",
+        help="largest weight file, e.g. 5GiB (the default, as mlx-lm), 500MB or a byte count; "
+        "larger models are written as model-0000k-of-0000N.safetensors with model.safetensors.index.json",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it is an existing rxt-mlx folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     cache = parser.add_argument_group(f"the cache of converted models ({model_cache.CACHE_ENV} moves it)")
@@ -173,7 +186,17 @@ def options_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> O
         overwrite=args.overwrite,
         progress=False if args.no_progress else None,
         revision=args.revision,
+        max_shard_bytes=args.max_shard_size,
     )
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes from ``5GiB``, ``500MB``, ``64KB`` or a plain byte count (``--max-shard-size``)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match[2].upper() if match else None
+    if unit not in SIZE_UNITS or float(match[1]) * SIZE_UNITS[unit] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 5GiB, 500MB or a number of bytes)")
+    return int(float(match[1]) * SIZE_UNITS[unit])
 
 
 def fetch_hub_sources(options: Options, log=hub.log_to_stderr) -> Options:
@@ -311,9 +334,10 @@ def convert(options: Options, log=print) -> Path:
     canonical.check_rope(source.tensors, config)
     dtype = options.dtype or canonical.source_dtype(source.tensors, planned)
     weights = canonical.iter_materialized(source.tensors, planned, dtype, options.progress)
+    shapes = {key: entry.shape for key, entry in planned.items()}
     with tempfile.TemporaryDirectory(prefix=f".{options.output.name}.", dir=_parent(options.output)) as staging:
         staging = Path(staging) / options.output.name
-        write_mlx_model(config, weights, dtype, options, staging)
+        write_mlx_model(config, shapes, weights, dtype, options, staging)
         for path in tokenizer_files(tokenizer_location):
             shutil.copy2(path, staging / path.name)
         if options.output.exists():
@@ -348,29 +372,31 @@ def _parent(output: Path) -> Path:
     return parent
 
 
-def write_mlx_model(config: RxTConfig, weights, dtype: str, options: Options, folder: Path) -> None:
-    """Load canonical ``weights`` ((key, array) pairs) strictly into an MLX RxT, quantize if asked, save it.
+def write_mlx_model(
+    config: RxTConfig, shapes: dict[str, tuple[int, ...]], weights, dtype: str, options: Options, folder: Path
+) -> None:
+    """Write canonical ``weights`` ((key, array) pairs of the given ``shapes``) as an MLX model folder.
 
-    Each array is cast to ``dtype`` and evaluated as it arrives, so the float32 copies of a large
-    checkpoint never all live at once.
+    The MLX names and shapes are checked against ``RxT(config)`` before any weight is read. Then
+    each tensor is sanitized, quantized if asked and written as it arrives, in shards of at most
+    ``options.max_shard_bytes``, so a conversion holds at most one output shard in memory. The
+    ``RxT`` is built lazily and never evaluated: it only names the parameters and the quantized
+    modules.
     """
     import mlx.core as mx
 
-    from rxt_mlx.model import RxT, quantize_model, save_model
-    from rxt_mlx.weights import load_weights, sanitize
+    from rxt_mlx import model as mlx_model
+    from rxt_mlx.weights import check_weights, sanitize
 
     target = getattr(mx, dtype)
-    converted = {}
-    for key, array in weights:
-        converted[key] = mx.array(array).astype(target)
-        mx.eval(converted[key])
-    model = RxT(config)
-    load_weights(model, sanitize(converted))
-    del converted
+    model = mlx_model.RxT(config)
+    check_weights(model, sanitize({key: mx.zeros(shape, dtype=target) for key, shape in shapes.items()}))
+    converted = (item for key, array in weights for item in sanitize({key: array}).items())
     if options.quantize:
-        quantize_model(model, options.q_bits, options.q_group_size)
-    folder.mkdir(parents=True)
-    save_model(model, folder)
+        mlx_model.quantize_model(model, options.q_bits, options.q_group_size)
+        converted = mlx_model.quantized_weights(model, converted)
+    mlx_model.save_config(model.config, folder)
+    mlx_model.save_weights(folder, converted, options.max_shard_bytes)
 
 
 def convert_into_cache(options: Options) -> Path:

@@ -122,16 +122,26 @@ def read_object(path: Path, what: str) -> dict[str, Any]:
 
 def _add_safetensors(store: TensorStore, path: Path, prefix: str) -> None:
     try:
-        handle = safe_open(str(path), framework="pt")
+        with safe_open(str(path), framework="pt") as handle:
+            slices = {name: handle.get_slice(name) for name in handle.keys()}
     except Exception as error:  # safetensors raises its own error types for corrupt headers
         raise SourceError(f"{path}: not a readable safetensors file ({error})") from None
-    for name in handle.keys():
-        tensor_slice = handle.get_slice(name)
+    for name, tensor_slice in slices.items():
         dtype = _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype())
         if dtype is None:
             raise SourceError(f"{path}: tensor {name!r} has unsupported dtype {tensor_slice.get_dtype()}")
         info = TensorInfo(tuple(tensor_slice.get_shape()), dtype, str(path))
-        store.add(prefix + name, info, lambda name=name: handle.get_tensor(name))
+        store.add(prefix + name, info, lambda name=name: _read_safetensor(path, name))
+
+
+def _read_safetensor(path: Path, name: str) -> torch.Tensor:
+    """One tensor of a safetensors file, mapped for this read only.
+
+    safetensors maps the file; a handle kept open for the whole conversion would keep every page
+    read so far resident (counted in the process's memory, as much as the checkpoint by the end).
+    """
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor(name)
 
 
 _SAFETENSORS_DTYPES = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import mlx.core as mx
@@ -22,6 +24,11 @@ FORMAT = "rxt-mlx"
 FORMAT_VERSION = 1
 QUANTIZATION_BITS = (2, 3, 4, 6, 8)
 QUANTIZATION_GROUP_SIZES = (32, 64, 128)
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+MAX_SHARD_BYTES = 5 << 30
+"""Shard size of :func:`save_weights` (mlx-lm's 5 GiB): larger models are written in shards."""
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5}|-\d{5}\.partial)?\.safetensors")
 # Routers, gates and norms stay in full precision (they are small and precision-sensitive).
 _UNQUANTIZED_SUFFIXES = ("router.gate", "shared_expert_gate", ".gate", ".slot_status")
 
@@ -98,23 +105,107 @@ def quantize_model(model: RxT, bits: int, group_size: int) -> RxT:
     return model
 
 
-def save_model(model: RxT, folder: str | Path) -> Path:
-    """Write ``config.json`` (format rxt-mlx) and ``model.safetensors`` into ``folder``."""
+def save_model(model: RxT, folder: str | Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+    """Write ``config.json`` (format rxt-mlx) and the weights into ``folder``.
+
+    The weights go to ``model.safetensors``, or to shards of at most ``max_shard_bytes`` with an
+    index when they are larger (:func:`save_weights`).
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    values = model.config.to_dict()
-    values.update(format=FORMAT, format_version=FORMAT_VERSION)
-    (folder / "config.json").write_text(json.dumps(values, indent=2) + "\n")
-    weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    save_config(model.config, folder)
+    save_weights(folder, tree_flatten(model.parameters()), max_shard_bytes)
     return folder
 
 
+def save_config(config: RxTConfig, folder: Path) -> None:
+    """Write ``config.json``: the full-model config plus the rxt-mlx format and version."""
+    folder.mkdir(parents=True, exist_ok=True)
+    values = config.to_dict()
+    values.update(format=FORMAT, format_version=FORMAT_VERSION)
+    (folder / "config.json").write_text(json.dumps(values, indent=2) + "\n")
+
+
+def save_weights(
+    folder: Path, weights: Iterable[tuple[str, mx.array]], max_shard_bytes: int = MAX_SHARD_BYTES
+) -> list[Path]:
+    """Write ``(name, array)`` pairs as ``model.safetensors``, or as shards with an index like mlx-lm.
+
+    Each array is made contiguous and evaluated as it arrives, and a shard is written as soon as
+    the next array would take it past ``max_shard_bytes``, so at most one shard is in memory
+    (``weights`` may be a generator that converts one tensor at a time). One shard is
+    ``model.safetensors``; several are ``model-0000k-of-0000N.safetensors`` listed in
+    ``model.safetensors.index.json`` (``weight_map``, ``metadata.total_size``). Weight files of
+    an earlier save in ``folder`` are removed first.
+
+    Returns:
+        the weight files written, in order.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():
+        if stale.name == INDEX_FILE or _WEIGHT_FILE.fullmatch(stale.name):
+            stale.unlink()
+    written: list[Path] = []
+    shard: dict[str, mx.array] = {}
+    shard_of: dict[str, int] = {}
+    shard_bytes = total_bytes = 0
+
+    def write_shard() -> None:
+        path = folder / f"model-{len(written) + 1:05d}.partial.safetensors"
+        mx.save_safetensors(str(path), shard, metadata={"format": "mlx"})
+        written.append(path)
+        shard.clear()
+        mx.clear_cache()
+
+    for name, array in weights:
+        if name in shard_of:
+            raise WeightError(f"weight {name!r} was given twice")
+        array = mx.contiguous(array)
+        mx.eval(array)
+        if shard and shard_bytes + array.nbytes > max_shard_bytes:
+            write_shard()
+            shard_bytes = 0
+        shard[name] = array
+        shard_of[name] = len(written)
+        shard_bytes += array.nbytes
+        total_bytes += array.nbytes
+    if shard or not written:
+        write_shard()
+    if len(written) == 1:
+        return [written[0].rename(folder / SINGLE_FILE)]
+    names = [f"model-{number:05d}-of-{len(written):05d}.safetensors" for number in range(1, len(written) + 1)]
+    index = {
+        "metadata": {"total_size": total_bytes},
+        "weight_map": {name: names[shard_of[name]] for name in sorted(shard_of)},
+    }
+    files = [path.rename(folder / name) for path, name in zip(written, names, strict=True)]
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return files
+
+
+def quantized_weights(model: RxT, weights: Iterable[tuple[str, mx.array]]) -> Iterator[tuple[str, mx.array]]:
+    """``weights`` (MLX names, full precision) as the quantized ``model`` stores them, one at a time.
+
+    The weight of each module that :func:`quantize_model` quantized becomes its ``weight``,
+    ``scales`` and ``biases`` (``mx.quantize`` with the module's bits and group size, as
+    ``nn.quantize`` does); every other weight passes through. ``model`` may be a lazily built,
+    never evaluated model: only its module types and settings are read.
+    """
+    modules = dict(model.named_modules())
+    for name, value in weights:
+        prefix, _, last = name.rpartition(".")
+        module = modules.get(prefix)
+        if last != "weight" or module is None or "scales" not in module:
+            yield name, value
+            continue
+        weight, scales, biases = mx.quantize(value, module.group_size, module.bits, mode=module.mode)
+        yield from ((name, weight), (f"{prefix}.scales", scales), (f"{prefix}.biases", biases))
+
+
 def _weight_files(folder: Path) -> list[Path]:
-    single = folder / "model.safetensors"
+    single = folder / SINGLE_FILE
     if single.exists():
         return [single]
-    index = folder / "model.safetensors.index.json"
+    index = folder / INDEX_FILE
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -139,6 +230,9 @@ def _read_weights(files: list[Path]) -> dict[str, mx.array]:
             ) from None
         if not isinstance(loaded, dict):
             raise WeightError(f"{file}: not a safetensors file of named weights")
+        repeated = sorted(set(loaded) & set(weights))
+        if repeated:
+            raise WeightError(f"{file}: weight(s) {', '.join(repeated[:5])} are also stored in another shard")
         weights.update(loaded)
     return weights
 
@@ -188,7 +282,9 @@ def load_model(path: str | Path) -> RxT:
 
     Reads ``config.json`` and the weights (``model.safetensors`` or shards listed in
     ``model.safetensors.index.json``), re-applies the recorded quantization, loads the weights
-    strictly and computes ``model.fingerprint``.
+    strictly and computes ``model.fingerprint``. ``mx.load`` is lazy and ``RxT(config)``'s random
+    init is replaced before anything is evaluated, so each weight is read once, straight into
+    the model: loading needs about the folder's size in memory.
     """
     folder = Path(path)
     config = _read_config(folder)

@@ -254,12 +254,12 @@ def test_a_name_that_is_neither_a_folder_nor_a_repo_id(tmp_path):
 def test_a_full_disk_during_conversion_leaves_nothing(hub, published, monkeypatch):
     import rxt_mlx.model
 
-    def full_disk(model, folder):
+    def full_disk(folder, weights, max_shard_bytes):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "model.safetensors").write_bytes(b"\0" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rxt_mlx.model, "save_model", full_disk)
+    monkeypatch.setattr(rxt_mlx.model, "save_weights", full_disk)
     with pytest.raises(HubError) as error:
         rxt_mlx.load(REPO, progress=False)
     assert str(error.value) == (
