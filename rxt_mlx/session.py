@@ -172,8 +172,9 @@ class Session:
                 ``options`` (``max_tokens=64, temperature=0.0``).
 
         The generator validates its arguments at the first ``next()``; it raises ``ValueError``
-        for an empty query, a query too long for the decoder or invalid sampling values.
-        Afterwards call :meth:`update_memory` (or use :meth:`interact`).
+        for an empty query, a query too long for the decoder or invalid sampling values, and
+        ``TypeError`` for an unknown sampling name. Afterwards call :meth:`update_memory` (or
+        use :meth:`interact`).
         """
         started = time.perf_counter()
         options = SamplingOptions.of(options, **sampling)
