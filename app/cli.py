@@ -1,4 +1,8 @@
-"""``rxt-chat``: the Textual chat, or ``--plain`` line-by-line chat over stdin/stdout."""
+"""``rxt-chat``: the Textual chat, or ``--plain`` line-by-line chat over stdin/stdout.
+
+The project's errors end the command with one line on stderr (``rxt_mlx.errors.command``;
+``--debug`` shows the traceback).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rxt_mlx.errors import command
 from rxt_mlx.sampling import SamplingOptions
 
 
@@ -54,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("rxt-chat")
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``rxt-chat``; returns the exit code (2 for bad arguments or model folder)."""
+    """Entry point of ``rxt-chat``; returns the exit code (2 for bad arguments or model folder, 1 for
+    another error of the project, 141 when stdout was closed early)."""
     from rxt_mlx.blas import preload_optimised_blas
 
     preload_optimised_blas()  # before anything imports mlx.core, which binds its BLAS on import
@@ -86,14 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"rxt-chat: {problem}", file=sys.stderr)
         return 2
-    try:
-        if args.plain:
-            from rxt_app.plain import run_plain
+    if args.plain:
+        from rxt_app.plain import run_plain
 
-            return run_plain(model_dir, args.stm, args.system, sampling)
-        return _run_app(model_dir, args.data_dir, sampling)
-    except KeyboardInterrupt:
-        return 130
+        return run_plain(model_dir, args.stm, args.system, sampling)
+    return _run_app(model_dir, args.data_dir, sampling)
 
 
 def _run_app(model_dir: Path, data_dir: Path | None, sampling: SamplingOptions) -> int:
