@@ -42,20 +42,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import platformdirs
+from rxt_app.writers import WriterLock
 
 from rxt_mlx.errors import RxTError
 from rxt_mlx.stm import remove_temp_files, temp_file_target
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; then every writer counts as live and keeps its files
-    fcntl = None
 
 DATABASE_NAME = "chat.sqlite3"
 SNAPSHOT_FOLDER = "stm"
 SNAPSHOT_SUFFIX = ".safetensors"
 WRITERS_FOLDER = "writers"
-LOCK_SUFFIX = ".lock"
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long a transaction waits for another process's transaction to end."""
 MAX_TURN = 2**62
@@ -254,7 +249,7 @@ class Storage:
         self.snapshot_root = self.data_dir / SNAPSHOT_FOLDER
         self.writers_folder = self.data_dir / WRITERS_FOLDER
         self.database_path = self.data_dir / DATABASE_NAME
-        for folder in (self.data_dir, self.snapshot_root, self.writers_folder):
+        for folder in (self.data_dir, self.snapshot_root):
             folder.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.database_path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS)
@@ -264,7 +259,9 @@ class Storage:
             self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as error:
             raise StorageError(f"cannot open the chat database {self.database_path}: {error}") from error
-        self.writer, self._writer_lock = self._register_writer()
+        self._writer_lock = WriterLock(self.writers_folder)
+        self.writer = self._writer_lock.id
+        """This Storage's writer id: the owner of the snapshots it hands out until they are committed."""
         self._closed = False
         try:
             self._migrate()
@@ -290,8 +287,7 @@ class Storage:
             pass  # a database that cannot be written now: the next reconcile removes them
         finally:
             self._db.close()
-            (self.writers_folder / f"{self.writer}{LOCK_SUFFIX}").unlink(missing_ok=True)
-            os.close(self._writer_lock)
+            self._writer_lock.release()
 
     # ----- database plumbing
 
@@ -341,52 +337,6 @@ class Storage:
         if not isinstance(conversation_id, str) or not _CONVERSATION_ID.fullmatch(conversation_id):
             raise StorageError(f"no conversation with id {_shown(conversation_id)} in {self.database_path}")
         return conversation_id
-
-    # ----- writers
-
-    def _register_writer(self) -> tuple[str, int]:
-        """Create and lock ``writers/<writer>.lock``; the lock says this writer is alive until it closes or dies."""
-        while True:
-            writer = uuid.uuid4().hex
-            path = self.writers_folder / f"{writer}{LOCK_SUFFIX}"
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                if fcntl is not None:
-                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.path.samestat(os.fstat(descriptor), os.stat(path)):  # not swept away as a dead writer's
-                    os.write(descriptor, f"{os.getpid()}\n".encode())
-                    return writer, descriptor
-            except BlockingIOError:  # another process is sweeping it: try another name
-                pass
-            except FileNotFoundError:
-                pass
-            os.close(descriptor)
-
-    def _writer_alive(self, writer: str) -> bool:
-        """Whether the writer ``writer`` may still commit: its lock file is locked (or locks cannot tell)."""
-        if writer == self.writer:
-            return True
-        try:
-            descriptor = os.open(self.writers_folder / f"{writer}{LOCK_SUFFIX}", os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        except OSError:
-            return True
-        try:
-            if fcntl is None:
-                return True
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except OSError:
-            return True
-        finally:
-            os.close(descriptor)
-
-    def _remove_dead_writer_marks(self) -> None:
-        for path in self.writers_folder.iterdir():
-            writer = path.name.removesuffix(LOCK_SUFFIX)
-            if path.name.endswith(LOCK_SUFFIX) and not self._writer_alive(writer):
-                path.unlink(missing_ok=True)
 
     # ----- snapshots
 
@@ -460,12 +410,12 @@ class Storage:
         interrupted saves, folders of deleted conversations, and the pending records and lock files of
         dead writers. The files of live writers (this one and other processes) are kept.
         """
-        listing = {entry: list(entry.iterdir()) if entry.is_dir() else None for entry in self.snapshot_root.iterdir()}
+        listing = _listing(self.snapshot_root)
         with self._transaction(write=False) as db:  # read after listing: a listed file's record is visible
             conversations = {row[0] for row in db.execute("SELECT id FROM conversations")}
             committed = {(row[0], row[1]) for row in db.execute("SELECT conversation_id, file FROM snapshots")}
             pending = [tuple(row) for row in db.execute("SELECT conversation_id, file, writer FROM pending_snapshots")]
-        live = {writer: self._writer_alive(writer) for writer in {writer for _, _, writer in pending}}
+        live = {writer: self._writer_lock.is_alive(writer) for writer in {writer for _, _, writer in pending}}
         claimed = {(conversation_id, file) for conversation_id, file, writer in pending if live[writer]}
         dead = [writer for writer, alive in live.items() if not alive]
         if dead:
@@ -476,16 +426,14 @@ class Storage:
             # a folder of no conversation and no live claim: a deleted conversation's, or a fork's
             # that was never committed (a fork records its claims before it creates its folder)
             if files is None or (entry.name not in conversations and all(c != entry.name for c, _ in claimed)):
-                shutil.rmtree(entry, ignore_errors=True) if files is not None else entry.unlink(missing_ok=True)
-                removed.append(entry)
+                removed.append(_remove(entry))
                 continue
             removed.extend(remove_temp_files(entry))
             for path in files:
                 kept = (entry.name, path.name) in committed or (entry.name, path.name) in claimed
                 if not kept and temp_file_target(path.name) is None:
-                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-                    removed.append(path)
-        self._remove_dead_writer_marks()
+                    removed.append(_remove(path))
+        self._writer_lock.remove_dead()
         return removed
 
     # ----- conversations
@@ -715,6 +663,26 @@ class Storage:
         with self._transaction() as db:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
         shutil.rmtree(self.snapshot_root / conversation_id, ignore_errors=True)
+
+
+def _listing(root: Path) -> dict[Path, list[Path] | None]:
+    """The entries of ``root`` with the files of each folder (None for a file); folders removed meanwhile
+    (by another process deleting a conversation) are left out."""
+    listing: dict[Path, list[Path] | None] = {}
+    for entry in root.iterdir():
+        try:
+            listing[entry] = list(entry.iterdir()) if entry.is_dir() else None
+        except FileNotFoundError:
+            continue
+    return listing
+
+
+def _remove(path: Path) -> Path:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return path
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
