@@ -307,6 +307,8 @@ async def test_the_app_streams_a_real_answer_and_saves_its_memory(model_folder, 
             assert_stm_equal(snapshot, expected_stm)
             status = str(app.query_one("#status").render())
             assert "TTFT" in status and "tok/s" in status and "memory: ready" in status
+            assert status.startswith(str(model_folder))  # rxt_mlx.hub.source_label: the folder, or repo@commit
+            assert app.sub_title == worker.description and "parameters" in app.sub_title
     finally:
         worker.shutdown()
         storage.close()
