@@ -389,7 +389,8 @@ def mostly(valid, anything):
 
 
 TEXT = st.text(max_size=40) | st.text(st.characters(exclude_categories=()), max_size=40)  # with lone surrogates
-ANY_TEXT = TEXT | st.sampled_from(["", "\0", "a\0b\0", "\r\n\x1b[2J", "\ud800", "x" * 1_000_000])
+STORABLE_TEXT = st.text(max_size=40) | st.sampled_from(["", "\0", "a\0b\0", "\r\n\x1b[2J", "x" * 1_000_000])
+ANY_TEXT = TEXT | STORABLE_TEXT | st.just("\ud800")
 NOT_TEXT = st.none() | st.integers() | st.binary(max_size=4) | st.floats()
 TEXT_OR_NOT = mostly(TEXT, ANY_TEXT | NOT_TEXT)
 TURN = st.integers(-3, 6) | st.integers() | st.none() | st.booleans() | st.floats() | st.text(max_size=2)
@@ -438,7 +439,7 @@ class StorageInputs(RuleBasedStateMachine):
     def conversation_id(self, data) -> object:
         """Mostly a stored conversation's id, else anything (paths, unknown ids, other types)."""
         if self.expected and data.draw(st.integers(0, 3)):
-            return data.draw(st.sampled_from(sorted(self.expected)))
+            return data.draw(st.sampled_from(list(self.expected)))
         return data.draw(st.text(max_size=40) | st.sampled_from(["..", "/", "0" * 32, "f" * 33]) | NOT_TEXT)
 
     def turn(self, data, conversation_id: object, extra: int = 0) -> object:
@@ -493,6 +494,16 @@ class StorageInputs(RuleBasedStateMachine):
             self.expected[conversation_id].append((query, answer))
         elif snapshot is not None:
             self.storage.discard_snapshot(snapshot)
+
+    @precondition(lambda self: self.expected)
+    @rule(data=st.data(), query=STORABLE_TEXT, answer=STORABLE_TEXT, stats=FIGURES)
+    def commit_next_turn(self, data, query, answer, stats):
+        conversation_id = data.draw(st.sampled_from(list(self.expected)))
+        turn = len(self.expected[conversation_id]) + 1
+        snapshot = self.storage.new_snapshot_path(conversation_id, turn)
+        snapshot.write_bytes(b"stm")
+        self.storage.commit_turn(conversation_id, turn, query, answer, stats, snapshot=snapshot)
+        self.expected[conversation_id].append((query, answer))
 
     @rule(data=st.data())
     def rewind(self, data):
