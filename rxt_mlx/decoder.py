@@ -11,6 +11,7 @@ import mlx.nn as nn
 from rxt_mlx.attention import Attention, Rope, RotaryTables
 from rxt_mlx.cache import KVCache
 from rxt_mlx.config import AttentionShape, TransformerConfig
+from rxt_mlx.cpu_matmul import linear_rows
 from rxt_mlx.feedforward import feed_forward
 from rxt_mlx.layers import layer_norm, rms_norm, transformer_norm
 
@@ -166,7 +167,7 @@ class Decoder(nn.Module):
             x = layer(x, mask=mask, memory=layer_memory, cache=layer_cache, offset=positions)
         if "head_norm" in self:
             x = self.head_norm(x)
-        return self.head(x)
+        return linear_rows(x, self.head)
 
     def _compiled_one_token(self, ids: mx.array, cache: list[KVCache], memory: MemoryKV) -> mx.array:
         """:meth:`_forward` of one token per row, compiled: the caches' buffers and offset go in

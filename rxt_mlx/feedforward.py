@@ -16,6 +16,7 @@ import mlx.nn as nn
 from mlx_lm.models.switch_layers import SwitchGLU
 
 from rxt_mlx.config import TransformerConfig
+from rxt_mlx.cpu_matmul import linear_rows
 from rxt_mlx.layers import activation
 
 ROUTER_EPS = 1e-9
@@ -30,7 +31,7 @@ class GatedLinearUnit(nn.Module):
         self.act = act
 
     def __call__(self, x: mx.array) -> mx.array:
-        value, gate = mx.split(self.linear(x), 2, axis=-1)
+        value, gate = mx.split(linear_rows(x, self.linear), 2, axis=-1)
         return value * self.act(gate)
 
 

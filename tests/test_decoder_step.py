@@ -1,11 +1,13 @@
 """The decoder's cached forward path: the compiled one-token call equals the same path run
-uncompiled and the full recompute; the KV cache it relies on."""
+uncompiled and the full recompute; the KV cache it relies on; the row-blocked CPU products."""
 
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 import pytest
 
+from rxt_mlx import cpu_matmul
 from rxt_mlx.cache import CACHE_STEP, KVCache
 from rxt_mlx.model import quantize_model
 from tests.factories import PARITY_CONFIGS, random_mlx_model, tiny_config
@@ -84,3 +86,21 @@ def test_cache_appends_in_buffers_that_grow_by_whole_steps():
     assert mx.array_equal(fetched_values[:, :, :5], values[:, :, :5]).item()
     fetched_keys, _, mask = cache.update_and_fetch(keys[:, :, 5:], values[:, :, 5:])
     assert mask == "causal" and mx.array_equal(fetched_keys, keys).item()
+
+
+@pytest.mark.parametrize(("rows", "bias"), [(1, True), (1, False), (3, True)])
+def test_row_blocks_match_the_single_product(monkeypatch, rows, bias):
+    monkeypatch.setattr(cpu_matmul, "OPENBLAS_ONE_THREAD_MACS", 1000)
+    monkeypatch.setattr(cpu_matmul, "BLOCK_MACS", 64 * 32)  # 64-row blocks for one row at D=32
+    linear = nn.Linear(32, 320, bias=bias)
+    x = mx.random.normal((1, rows, 32), key=mx.random.key(0))
+    assert mx.allclose(cpu_matmul.linear_rows(x, linear), linear(x), atol=1e-6).item()
+
+
+def test_small_and_quantized_products_stay_whole():
+    linear = nn.Linear(32, 320)
+    x = mx.random.normal((1, 1, 32), key=mx.random.key(0))
+    assert mx.array_equal(cpu_matmul.linear_rows(x, linear), linear(x)).item()
+    quantized = nn.QuantizedLinear.from_linear(nn.Linear(64, 8192), group_size=32, bits=8)
+    x = mx.random.normal((1, 1, 64), key=mx.random.key(1))
+    assert mx.array_equal(cpu_matmul.linear_rows(x, quantized), quantized(x)).item()
