@@ -63,8 +63,13 @@ class TransformerLayer(nn.Module):
         self.norm3 = transformer_norm(dim, config.use_rms_norm)
 
     def project_memory(self, stm_layer: mx.array) -> tuple[mx.array, mx.array]:
-        """Cross-attention keys/values of one STM layer (B, S, D); no RoPE on memory keys."""
-        return self.memory_cross_attention.project_kv(self.stm_norm(stm_layer))
+        """Cross-attention keys/values of one STM layer (B, S, D); no RoPE on memory keys.
+
+        Made contiguous once per turn: every token's attention then reads them in place (MLX
+        copies a strided operand of a matrix product, 1.4x slower decode at Alpha-Mini size).
+        """
+        keys, values = self.memory_cross_attention.project_kv(self.stm_norm(stm_layer))
+        return mx.contiguous(keys), mx.contiguous(values)
 
     def __call__(
         self,
