@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -47,29 +48,36 @@ SHUTDOWN_SECONDS = 30.0
 class EventRelay:
     """The worker's ``post``: events from the inference thread, delivered on the event loop's thread.
 
-    Events posted before :meth:`attach` wait and are delivered then.
+    Events wait in a list; one loop callback delivers all that came meanwhile (a batch of answers
+    posts a token per row and step). Events posted before :meth:`attach` are delivered then.
     """
 
     def __init__(self):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handler: Callable[[object], object] | None = None
-        self._early: list[object] = []
+        self._waiting: list[object] = []
+        self._lock = threading.Lock()
 
     def post(self, event: object) -> None:
-        loop = self._loop
-        if loop is None:
-            self._early.append(event)
-            return
+        with self._lock:
+            self._waiting.append(event)
+            if len(self._waiting) > 1 or self._loop is None:
+                return  # a delivery is already scheduled, or comes with attach
         try:
-            loop.call_soon_threadsafe(self._handler, event)
+            self._loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the loop is closed: the server is gone
             pass
 
     def attach(self, loop: asyncio.AbstractEventLoop, handler: Callable[[object], object]) -> None:
-        self._handler, self._loop = handler, loop
-        early, self._early = self._early, []
-        for event in early:
-            loop.call_soon(handler, event)
+        with self._lock:
+            self._handler, self._loop = handler, loop
+        loop.call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            events, self._waiting = self._waiting, []
+        for event in events:
+            self._handler(event)
 
 
 @dataclass(frozen=True)

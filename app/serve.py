@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="conversations whose memory stays loaded between turns (default 32; others reload from disk)",
     )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        metavar="N",
+        help="most greedy answers of different conversations decoded together (default 8; 1: one at a time)",
+    )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_sampling_arguments(parser, "sampling defaults (a request's own fields win)")
     return parser
@@ -94,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     defaults = sampling_from_arguments(args, parser)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be from 1 to 65535, not {args.port}")
+    if args.max_batch < 1:
+        parser.error(f"--max-batch must be at least 1, not {args.max_batch}")
     if args.max_loaded < 1:
         parser.error(f"--max-loaded must be at least 1, not {args.max_loaded}")
     if args.max_request_bytes < 1024:
@@ -118,7 +127,7 @@ def _serve(args: argparse.Namespace, model_dir: Path, defaults) -> int:
     data_dir = args.data_dir or default_data_dir()
     Storage(data_dir).close()  # a data dir that cannot be used stops here, with its reason
     try:
-        worker, relay = start_worker(model_dir, defaults)
+        worker, relay = start_worker(model_dir, defaults, args.max_batch)
     except ModelLoadError as error:
         print(f"rxt-serve: {error}", file=sys.stderr)
         return 2

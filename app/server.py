@@ -27,6 +27,7 @@ from rxt_app.system_prompts import SystemPrompts
 from rxt_mlx.sampling import SamplingOptions
 
 MAX_REQUEST_BYTES = 1 << 20
+MAX_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,15 @@ class ServerSettings:
     defaults: SamplingOptions = field(default_factory=SamplingOptions)
 
 
-def start_worker(model_dir: str | Path, sampling: SamplingOptions | None = None) -> tuple[ServingWorker, EventRelay]:
-    """Load the model on a new inference thread; raises ModelLoadError if it cannot be loaded."""
+def start_worker(
+    model_dir: str | Path, sampling: SamplingOptions | None = None, max_batch: int = MAX_BATCH
+) -> tuple[ServingWorker, EventRelay]:
+    """Load the model on a new inference thread; raises ModelLoadError if it cannot be loaded.
+
+    ``max_batch``: most greedy answers decoded together (1: one at a time).
+    """
     relay = EventRelay()
-    worker = ServingWorker(model_dir, relay.post, (sampling or SamplingOptions()).as_kwargs())
+    worker = ServingWorker(model_dir, relay.post, (sampling or SamplingOptions()).as_kwargs(), max_batch=max_batch)
     return worker.start(), relay
 
 

@@ -11,7 +11,14 @@ and events, so a :class:`~rxt_app.controller.ChatController` drives it unchanged
   conversation is loaded at turn 0);
 * stopping one conversation's turn (:meth:`ServingWorker.stop_turn`, a client that went away)
   instead of whichever answer is being generated;
-* :class:`AnswerEnded` before ``AnswerFinished``: why the answer ended and the prompt's size.
+* :class:`AnswerEnded` before ``AnswerFinished``: why the answer ended and the prompt's size;
+* greedy answers of different conversations decoded together, as the rows of one batch
+  (:class:`rxt_mlx.batch.DecodeBatch`): the turns queued behind the first one, and those that
+  arrive while it decodes, join between two steps (up to ``max_batch``); a row leaves when its
+  answer ends, and its memory is updated and saved at once. Sampled answers are decoded alone by
+  their Session (a seed then gives the answer it gives alone). Jobs of other conversations run
+  between two steps; a job of a conversation in the batch waits for its row, so one
+  conversation's turns keep their order.
 
 A turn whose answer met a stop string memorises the answer the client got: the text before the
 stop string.
@@ -21,15 +28,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from traceback import format_exc
 from typing import Any
 
+from rxt_app.answer_rows import AnswerRow, DecodedAnswer, finish_reason
 from rxt_app.stop_strings import StopStrings
 from rxt_app.storage import TurnStats
 from rxt_app.worker import (
     AnswerFinished,
     InferenceWorker,
+    JobFailed,
     SessionReady,
     TokenText,
     TurnSaved,
@@ -89,6 +99,7 @@ class ServingWorker(InferenceWorker):
             options of a turn sent without a plan).
         system_prompt_of: the system prompt of a conversation (None: none); called on the thread
             that calls :meth:`open` (the controller's).
+        max_batch: most answers decoded together (1: one at a time).
     """
 
     def __init__(
@@ -97,11 +108,14 @@ class ServingWorker(InferenceWorker):
         post: Callable[[Any], Any],
         sampling: dict | None = None,
         system_prompt_of: Callable[[str], str | None] = lambda conversation_id: None,
+        max_batch: int = 8,
     ):
         super().__init__(model_dir, post, sampling)
         self.system_prompt_of = system_prompt_of
+        self.max_batch = max_batch
         self._plans: dict[str, TurnPlan] = {}
         self._stop_requests: set[tuple[str, int]] = set()
+        self._decoding: set[tuple[str, int]] = set()
 
     def plan_turn(self, conversation_id: str, plan: TurnPlan) -> None:
         """How the next turn sent for ``conversation_id`` runs (call just before the controller sends it)."""
@@ -123,6 +137,12 @@ class ServingWorker(InferenceWorker):
         with self._lock:
             self._stop_requests.add((conversation_id, turn))
 
+    def stop(self) -> None:
+        """Stop every answer being generated (alone or together); they are kept and memorised."""
+        super().stop()
+        with self._lock:
+            self._stop_requests |= self._decoding
+
     # ----- on the inference thread
 
     def _open(self, job: _Open) -> None:
@@ -137,13 +157,17 @@ class ServingWorker(InferenceWorker):
         self._post(SessionReady(job.conversation_id, job.turn))
 
     def _send(self, job: _Send) -> None:
-        plan = getattr(job, "plan", None)
-        if plan is None:
-            plan = Generate(SamplingOptions.of(None, **self.sampling))
+        plan = self._plan(job)
         if isinstance(plan, Absorb):
             self._absorb(job, plan)
+        elif self.max_batch > 1 and batchable(plan):
+            self._decode_together(job)
         else:
-            self._generate(job, plan)
+            self._decode_alone(job, plan)
+
+    def _plan(self, job: _Send) -> TurnPlan:
+        plan = getattr(job, "plan", None)
+        return plan if plan is not None else Generate(SamplingOptions.of(None, **self.sampling))
 
     def _open_session(self, job: _Send):
         session = self._sessions.get(job.conversation_id)
@@ -155,102 +179,255 @@ class ServingWorker(InferenceWorker):
         with self._lock:
             return (job.conversation_id, job.turn) in self._stop_requests
 
-    def _generate(self, job: _Send, plan: Generate) -> None:
+    def _starting(self, job: _Send) -> None:
+        """Forget stop requests of this conversation's earlier turns; post TurnStarted."""
+        with self._lock:
+            self._stop_requests = {(c, t) for c, t in self._stop_requests if c != job.conversation_id or t >= job.turn}
+        self._post(TurnStarted(job.conversation_id, job.turn))
+
+    def _post_text(self, job: _Send, text: str) -> None:
+        if text:
+            self._post(TokenText(job.conversation_id, job.turn, text))
+
+    # ----- one answer alone (sampled answers: Session's own loop and random stream)
+
+    def _decode_alone(self, job: _Send, plan: Generate) -> None:
         from rxt_mlx.session import AnswerDone
 
         session = self._open_session(job)
         previous_stm, previous_turn = session.stm, session.turn
-        self._post(TurnStarted(job.conversation_id, job.turn))
+        self._starting(job)
         stops = StopStrings(plan.stop)
-        last_token, answer = None, None
+        ids: list[int] = []
         with self._lock:
             self._active_session = session
-            self._stop_requests = {(c, t) for c, t in self._stop_requests if c != job.conversation_id or t >= job.turn}
         try:
             for event in session.generate(job.query, plan.options):
                 if isinstance(event, AnswerDone):
-                    answer = event
+                    done = event
                     break
-                last_token = event.id
+                ids.append(event.id)
                 self._post_text(job, stops.add(event.text))
                 if stops.hit or self._stop_requested(job):
                     session.stop()
         finally:
             with self._lock:
                 self._active_session = None
-        if stops.hit:
-            text = stops.visible
-        else:
+        text = stops.visible if stops.hit else done.text
+        if not stops.hit:
             self._post_text(job, stops.finish())
-            text = answer.text
             if text.startswith(stops.text):  # after a stop, a held-back last character is in the answer only
                 self._post_text(job, text[len(stops.text) :])
-        reason = "stop" if stops.hit or last_token == self.tokenizer.eos_id else "length"
-        if self._stop_requested(job) and not stops.hit:
-            reason = "cancelled"
-        prompt_tokens = len(self.tokenizer.query_ids(job.query))
-        self._post(AnswerEnded(job.conversation_id, job.turn, reason, prompt_tokens))
+        stopped = done.stopped and not stops.hit
+        eos = self.tokenizer.eos_id
+        answer = DecodedAnswer(
+            ids,
+            text,
+            finish_reason(stops.hit, ids[-1] if ids else None, eos, stopped),
+            stopped,
+            stops.hit,
+            done.prompt_seconds,
+            done.ttft_seconds,
+            done.decode_tokens_per_second,
+        )
+        self._finish(job, previous_stm, previous_turn, answer)
+
+    # ----- answers decoded together (greedy answers of different conversations)
+
+    def _decode_together(self, first: _Send) -> None:
+        """Decode ``first`` and the turns queued behind it (and arriving meanwhile) as rows of one
+        batch; each row's memory is updated and saved as soon as its answer ends.
+
+        Each step is computed while the tokens of the step before are shown (as Session does).
+        Jobs of conversations not in the batch that cannot join it (loads, written turns, sampled
+        answers) run between two steps; a job of a conversation in the batch waits for its row.
+        """
+        import mlx.core as mx
+
+        from rxt_mlx.batch import DecodeBatch
+
+        vocab = min(self.model.config.decoder.vocab_size, self.tokenizer.vocab_size)
+        together = _Together(DecodeBatch(self.model.decoder, vocab))
+        taken = []
+        try:
+            self._join(together, first)
+            while together.rows:
+                tokens = together.tokens
+                together.tokens = greedy(together.batch.step(tokens))
+                mx.async_eval(together.tokens)
+                for index, token in reversed(list(enumerate(tokens.tolist()))):
+                    if together.rows[index][2].accept(token):
+                        self._leave(together, index)
+                self._take_queued(together, taken)
+        except Exception as error:  # noqa: BLE001 - each row still in the batch is reported as failed
+            for job, _, _ in together.rows:
+                self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+        finally:
+            with self._lock:
+                self._decoding.clear()
+            for _ in taken:
+                self._jobs.task_done()
+
+    def _join(self, together: _Together, job: _Send) -> None:
+        """Prefill ``job``'s answer and add it as the batch's last row (a job that cannot start is
+        reported failed); its first token is shown after the next step is launched."""
+        import mlx.core as mx
+
+        try:
+            session = self._open_session(job)
+            plan = self._plan(job)
+            prompt = self.tokenizer.query_ids(job.query)
+            budget = answer_budget(self.model.config.decoder.seq_len, len(prompt), plan.options.max_tokens)
+            self._starting(job)
+            row = AnswerRow(
+                prompt,
+                budget,
+                self.tokenizer.eos_id,
+                StopStrings(plan.stop),
+                self.tokenizer.streaming_detokenizer(),
+                self.tokenizer.decode,
+                lambda text: self._post_text(job, text),
+                lambda: self._stop_requested(job),
+            )
+            first = greedy(together.batch.add(prompt, self.model.decoder.project_memory(session.stm)))
+        except Exception as error:  # noqa: BLE001 - this turn fails, the batch goes on
+            self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+            return
+        together.rows.append((job, session, row))
+        together.tokens = first if together.tokens is None else mx.concatenate([together.tokens, first])
+        with self._lock:
+            self._decoding.add((job.conversation_id, job.turn))
+
+    def _leave(self, together: _Together, index: int) -> None:
+        """Row ``index``'s answer ended: out of the batch, then its memory update and save."""
+        import mlx.core as mx
+
+        job, session, row = together.rows.pop(index)
+        together.batch.remove(index)
+        kept = [position for position in range(len(together.rows) + 1) if position != index]
+        together.tokens = together.tokens[mx.array(kept)] if kept else None
+        with self._lock:
+            self._decoding.discard((job.conversation_id, job.turn))
+        self._run_between(job, lambda: self._finish(job, session.stm, session.turn, row.result()))
+
+    def _take_queued(self, together: _Together, taken: list) -> None:
+        """Take the jobs at the head of the queue that need not wait for a row of the batch."""
+        while len(together.rows) < self.max_batch:
+            with self._jobs.mutex:
+                job = self._jobs.queue[0] if self._jobs.queue else None
+                in_batch = {row_job.conversation_id for row_job, _, _ in together.rows}
+                if getattr(job, "conversation_id", None) in in_batch | {None}:  # also: nothing queued, shutdown
+                    return
+                self._jobs.queue.popleft()
+            taken.append(job)
+            if isinstance(job, _Send) and batchable(self._plan(job)):
+                self._join(together, job)
+            else:
+                self._run_between(job)
+
+    def _run_between(self, job, work: Callable[[], None] | None = None) -> None:
+        """Run a job (or ``work`` for it) between two steps of the batch, reporting its failure as
+        the worker's loop does."""
+        try:
+            work() if work is not None else self._handle(job)
+        except Exception as error:  # noqa: BLE001 - reported, the worker goes on
+            conversation_id, turn = getattr(job, "conversation_id", None), getattr(job, "turn", None)
+            self._post(JobFailed(conversation_id, turn, f"{type(error).__name__}: {error}", format_exc()))
+
+    # ----- after an answer
+
+    def _finish(self, job: _Send, previous_stm, previous_turn: int, answer: DecodedAnswer) -> None:
+        """Post the answer, update the memory with it (what the client got), save it, post TurnSaved."""
+        prompt = self.tokenizer.query_ids(job.query)
+        self._post(AnswerEnded(job.conversation_id, job.turn, answer.finish_reason, len(prompt)))
         self._post(
             AnswerFinished(
                 job.conversation_id,
                 job.turn,
-                text,
-                answer.tokens,
+                answer.text,
+                len(answer.ids),
                 answer.prompt_seconds,
                 answer.ttft_seconds,
-                answer.decode_tokens_per_second,
-                answer.stopped and not stops.hit,
+                answer.tokens_per_second,
+                answer.stopped,
             )
         )
-        if stops.hit:  # memorise what the client got, not the tokens decoded past the stop string
-            seconds = self._write_turn(job, previous_stm, previous_turn, text)
-        else:
-            seconds = session.update_memory().seconds
+        # memorise what the client got: not the tokens decoded past a stop string
+        interaction = self.tokenizer.interaction_ids(job.query, answer.text) if answer.cut else prompt + answer.ids
+        seconds = self._write_turn(job, previous_stm, previous_turn, interaction)
         stats = TurnStats(
-            tokens=answer.tokens,
+            tokens=len(answer.ids),
             prompt_seconds=answer.prompt_seconds,
             ttft_seconds=answer.ttft_seconds,
-            tokens_per_second=answer.decode_tokens_per_second,
+            tokens_per_second=answer.tokens_per_second,
             memory_update_seconds=seconds,
-            stopped=answer.stopped and not stops.hit,
+            stopped=answer.stopped,
         )
-        self._save(job, previous_stm, text, stats)
-
-    def _post_text(self, job: _Send, text: str) -> None:
-        if text:
-            self._post(TokenText(job.conversation_id, job.turn, text))
+        self._save(job, previous_stm, answer.text, stats)
 
     def _absorb(self, job: _Send, plan: Absorb) -> None:
         session = self._open_session(job)
         previous_stm = session.stm
         self._post(TurnStarted(job.conversation_id, job.turn))
         self._post(AnswerFinished(job.conversation_id, job.turn, plan.answer, 0, 0.0, 0.0, 0.0, False))
-        seconds = self._write_turn(job, previous_stm, session.turn, plan.answer)
+        interaction = self.tokenizer.interaction_ids(job.query, plan.answer)
+        seconds = self._write_turn(job, previous_stm, session.turn, interaction)
         self._save(job, previous_stm, plan.answer, TurnStats(0, 0.0, 0.0, 0.0, seconds))
 
-    def _write_turn(self, job: _Send, stm, turn: int, answer: str) -> float:
+    def _write_turn(self, job: _Send, stm, turn: int, interaction: list[int]) -> float:
         """Make the conversation's session the memory ``stm`` (after ``turn`` turns) updated with
-        ``job.query`` and ``answer``; returns the update's seconds."""
+        ``interaction`` (Session's memory update); returns its seconds."""
         import mlx.core as mx
 
         from rxt_mlx.session import Session
 
         started = time.perf_counter()
-        ids = self.tokenizer.interaction_ids(job.query, answer)
         limit = self.model.config.encoder.seq_len
-        if len(ids) > limit:  # a stop-string cut answer re-tokenized, one EOS longer than what was decoded
-            ids = [*ids[: limit - 1], self.tokenizer.eos_id]
-        stm = self.model.update_memory(stm, mx.array([ids], dtype=mx.uint32))
+        if len(interaction) > limit:  # a stop-string cut answer re-tokenized, one EOS longer than decoded
+            interaction = [*interaction[: limit - 1], self.tokenizer.eos_id]
+        stm = self.model.update_memory(stm, mx.array([interaction], dtype=mx.uint32))
         self._sessions[job.conversation_id] = Session(self.model, self.tokenizer, stm=stm, turn=turn + 1)
         return time.perf_counter() - started
 
     def _save(self, job: _Send, previous_stm, answer: str, stats: TurnStats) -> None:
         """Save the conversation's memory after the turn to the job's snapshot; post TurnSaved."""
-        from dataclasses import replace
-
         from rxt_mlx.stm import save_stm
 
         stm = self._sessions[job.conversation_id].stm
         stats = replace(stats, memory_change=tuple(memory_change(previous_stm, stm)))
         save_stm(job.snapshot, stm, model_fingerprint=self.fingerprint, turn=job.turn)
         self._post(TurnSaved(job.conversation_id, job.turn, job.query, answer, stats, job.snapshot))
+
+
+@dataclass
+class _Together:
+    """The answers decoded together: the batch, its rows (job, Session before the turn, AnswerRow)
+    and the tokens (lazy, one per row) that its next step reads."""
+
+    batch: Any
+    rows: list[tuple[_Send, Any, AnswerRow]] = field(default_factory=list)
+    tokens: Any = None
+
+
+def greedy(logits):
+    """The greedy choice from logits (B, V), as Session's sampler takes it (from log-probabilities)."""
+    import mlx.core as mx
+
+    return mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
+
+
+def batchable(plan: TurnPlan) -> bool:
+    """Whether a turn can be a row of a batch: a greedy answer without logits processors (sampled
+    answers keep Session's own random stream, so a seed gives the same answer as alone)."""
+    options = plan.options
+    return isinstance(plan, Generate) and options.temperature == 0 and options.repetition_penalty in (None, 1.0)
+
+
+def answer_budget(seq_len: int, prompt_length: int, max_tokens: int) -> int:
+    """Session's answer budget: the decoder context left after the prompt, at most ``max_tokens``."""
+    if seq_len - prompt_length < 1:
+        raise ValueError(
+            f"query is {prompt_length} tokens with its template ([BOS][Q]...[A]); the decoder's seq_len is "
+            f"{seq_len}, which leaves no room for an answer"
+        )
+    return min(max_tokens, seq_len - prompt_length)

@@ -1,0 +1,109 @@
+"""Answers decoded together (rxt_mlx.batch, and rxt-serve's worker over it) are the answers a
+Session decodes alone: each row has its own STM, prompt length and positions, and rows join and
+leave the batch at different steps."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_map
+from rxt_app.serving_worker import Generate, ServingWorker
+
+from rxt_mlx.batch import DecodeBatch
+from rxt_mlx.sampling import SamplingOptions
+from rxt_mlx.session import Session, TokenEvent
+from rxt_mlx.tokenizer import load_tokenizer
+from tests.factories import PARITY_CONFIGS, random_mlx_model, tiny_config, write_model_folder
+from tests.tokenizer_factories import write_bpe_tokenizer
+
+QUERIES = ["Hi, I'm Ann.", "What is my name?", "Où est la bibliothèque ?", "I love pizza 🍕", "Numbers: 1, 2, 3."]
+MAX_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bpe")
+    return load_tokenizer(folder, write_bpe_tokenizer(folder))
+
+
+def alone(model, tokenizer, stm, query: str) -> list[int]:
+    events = Session(model, tokenizer, stm=stm).generate(query, max_tokens=MAX_TOKENS, temperature=0.0)
+    return [event.id for event in events if isinstance(event, TokenEvent)]
+
+
+def together(model, tokenizer, stms, queries, joins_at) -> list[list[int]]:
+    """Greedy answers decoded as one batch; row i joins after ``joins_at[i]`` steps."""
+    vocab = min(model.config.decoder.vocab_size, tokenizer.vocab_size)
+    batch = DecodeBatch(model.decoder, vocab)
+    answers: list[list[int]] = [[] for _ in queries]
+    rows: list[int] = []  # the batch's rows, as indexes of queries
+    budgets = [min(MAX_TOKENS, model.config.decoder.seq_len - len(tokenizer.query_ids(q))) for q in queries]
+
+    def take(row: int, logits: mx.array) -> None:
+        answers[row].append(mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True)).item())
+
+    def over(row: int) -> bool:
+        return answers[row][-1] == tokenizer.eos_id or len(answers[row]) == budgets[row]
+
+    step = 0
+    while step == 0 or rows or any(not answer for answer in answers):
+        for row, join in enumerate(joins_at):
+            if join == step:
+                take(row, batch.add(tokenizer.query_ids(queries[row]), model.decoder.project_memory(stms[row]))[0])
+                rows.append(row)
+        for index in reversed(range(len(rows))):
+            if over(rows[index]):
+                batch.remove(index)
+                rows.pop(index)
+        if rows:
+            logits = batch.step(mx.array([answers[row][-1] for row in rows], dtype=mx.uint32))
+            for index, row in enumerate(rows):
+                take(row, logits[index])
+        step += 1
+    return answers
+
+
+DENSE = ["dense_gqa"]  # bfloat16 on a dense model: MLX's CPU MoE (GatherMM) runs float32 only
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [pytest.param(name, mx.float32, id=name) for name in sorted(PARITY_CONFIGS)]
+    + [pytest.param(DENSE[0], mx.bfloat16, id=f"{DENSE[0]}-bfloat16")],
+)
+def test_rows_decoded_together_equal_sessions_alone(name, dtype, bpe):
+    model = random_mlx_model(PARITY_CONFIGS[name](), seed=5)
+    if dtype != mx.float32:
+        model.update(tree_map(lambda array: array.astype(dtype), model.parameters()))
+    stms = [model.initial_stm(1, seed=seed) for seed in range(len(QUERIES))]
+    expected = [alone(model, bpe, stm, query) for stm, query in zip(stms, QUERIES, strict=True)]
+    assert together(model, bpe, stms, QUERIES, joins_at=[0, 0, 0, 3, 7]) == expected
+
+
+def test_the_serving_worker_decodes_queued_greedy_turns_together(tmp_path, monkeypatch):
+    folder = write_model_folder(tmp_path / "model", tiny_config(), seed=0, tokenizer_writer=write_bpe_tokenizer)
+    sizes, events = [], []
+    step = DecodeBatch.step
+
+    def recording_step(self, tokens):
+        sizes.append(len(self))
+        return step(self, tokens)
+
+    monkeypatch.setattr(DecodeBatch, "step", recording_step)
+    worker = ServingWorker(folder, events.append, {"max_tokens": MAX_TOKENS})
+    conversations = [f"c{index}" for index in range(4)]
+    for conversation_id in conversations:  # all queued before the model loads: they arrive together
+        worker.open(conversation_id, 0, [])
+    plan = Generate(SamplingOptions(max_tokens=MAX_TOKENS))
+    for conversation_id, query in zip(conversations, QUERIES, strict=False):
+        worker.plan_turn(conversation_id, plan)
+        worker.send(conversation_id, 1, query, tmp_path / f"{conversation_id}.safetensors")
+    try:
+        worker.start().wait_idle()
+    finally:
+        worker.shutdown()
+    model, tokenizer = worker.model, worker.tokenizer
+    expected = [tokenizer.decode(alone(model, tokenizer, None, query)) for query in QUERIES[:4]]
+    saved = {event.conversation_id: event.answer for event in events if type(event).__name__ == "TurnSaved"}
+    assert [saved[conversation_id] for conversation_id in conversations] == expected
+    assert max(sizes) == 4
