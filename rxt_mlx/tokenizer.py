@@ -1,8 +1,9 @@
 """RxT tokenizer: ``tokenizer.json`` (HF ``tokenizers``) or ``tokenizer.model`` (sentencepiece).
 
-The special-token ids come from the model's ``tokenizer_config`` (spec §1.1), never from the
-tokenizer file. Templates are built by concatenating ids, which is what rxlm's tokenization of
-``"[BOS][Q]query[A]"`` amounts to (added tokens split the string, each piece is tokenized alone).
+The special-token ids come from the model's ``tokenizer_config`` (docs/architecture.md
+§Tokenizer and template), never from the tokenizer file. Templates are built by concatenating
+ids, which is what rxlm's tokenization of ``"[BOS][Q]query[A]"`` amounts to (added tokens
+split the string, each piece is tokenized alone).
 
 Byte-level BPE files made by rxlm say ``add_prefix_space=true`` and configure no decoder; rxlm
 effectively tokenizes without a prefix space (transformers rewrites the pre-tokenizer), so we

@@ -84,7 +84,8 @@ def test_system_prompt_title_comes_from_the_model(tmp_path):
 
 
 def test_bpe_loads_without_prefix_space(tmp_path):
-    """rxlm's files say add_prefix_space=true; the effective ids have no prefix space (spec §1.1)."""
+    """rxlm's files say add_prefix_space=true; the effective ids have no prefix space
+    (docs/architecture.md §Tokenizer and template)."""
     config = write_bpe_tokenizer(tmp_path)
     data = json.loads((tmp_path / "tokenizer.json").read_text())
     assert data["pre_tokenizer"]["add_prefix_space"] is True
