@@ -21,14 +21,15 @@ big-memory lock (``flock /tmp/rxt-bigmem.lock``), measures:
   main STM <- ED step, per layer kind) and the STM projection, each evaluated on its own; their
   sum is the reported memory update;
 * **the bandwidth view**: the bytes one decode step reads (every weight it touches, the routed
-  experts at top-k / E of their bytes, one embedding row, the STM keys/values and the filled KV
-  cache), this machine's measured read bandwidth (a large fp32 matrix-vector product through the
+  experts at top-k / E of their bytes, one embedding row; the memory cross-attention's key/value
+  projections, used once per turn, are counted too: about 2% too many), the STM keys/values and the
+  KV-cache buffer, this machine's measured read bandwidth (a large fp32 matrix-vector product through the
   BLAS MLX uses) and fp32 GEMM rate, the achieved fraction, and the bandwidth-bound tokens/s of
   Apple chips (a projection: bytes / bandwidth, nothing measured there).
 
 A precision MLX cannot run here (bf16 MoE on the CPU: ``GatherMM`` supports float32 only) is
-reported as not runnable with MLX's message. Folders come from ``--work`` (``mlx/<model>-<precision>``,
-made by ``rxt-convert``; missing ones are converted from the bf16 rxlm checkpoint, which
+reported as not runnable with MLX's message. Folders come from ``--work`` (``mlx/<model>-<folder>``,
+made by ``rxt-convert``, see CONVERT_FLAGS; missing ones are converted from the bf16 rxlm checkpoint, which
 make_checkpoints.py writes).
 
 Run from the repository root (takes about an hour on a 2-core machine):
@@ -37,6 +38,8 @@ Run from the repository root (takes about an hour on a 2-core machine):
 
 Results: ``benchmarks/results/real-size/profile.{md,json,csv,png}``.
 """
+
+# ruff: noqa: B023 - every timed lambda is called at once, inside its loop iteration
 
 from __future__ import annotations
 
@@ -57,7 +60,16 @@ LOCK = "/tmp/rxt-bigmem.lock"
 BIN = Path(sys.executable).parent
 MODELS = ("rxt-alpha-mini", "rxt-beta-micro", "rxt-beta")
 PRECISIONS = ("fp32", "bf16", "8bit", "4bit")
-CONVERT_FLAGS = {"fp32": ["--dtype", "float32"], "bf16": [], "8bit": ["-q", "--q-bits", "8"], "4bit": ["-q"]}
+CONVERT_FLAGS = {
+    "fp32": ["--dtype", "float32"],
+    "bf16": [],
+    "8bit": ["-q", "--q-bits", "8", "--dtype", "float32"],
+    "4bit": ["-q", "--dtype", "float32"],
+}
+"""rxt-convert flags per precision. The quantized folders keep fp32 activations (and fp32 scales): MLX's
+CPU backend multiplies bf16 matrices without the BLAS (1.4 vs ~50 GFLOP/s here), which makes a
+bf16-activation model's S x S memory attention take minutes."""
+FOLDERS = {"fp32": "fp32", "bf16": "bf16", "8bit": "8bit-fp32", "4bit": "4bit-fp32"}
 APPLE_GBPS = {"M1": 68, "M2 Pro": 200, "M3 Max": 400, "M4 Max": 546}
 """Memory bandwidth of Apple chips (GB/s, Apple's figures), for the bandwidth-bound projection."""
 GOAL_RATIO = 0.9
@@ -155,7 +167,7 @@ def decode_pieces(decoder, memory, cache, token, steps: int) -> dict[str, float]
         return value
 
     layers = decoder.all_layers()
-    for step in range(steps):
+    for step in range(steps):  # noqa: B007 - timed() files each piece under this step
         offset = cache[0].offset
         stateful = iter(memory)
         x = timed("embedding, norms, residuals", lambda: decoder.embedding(token))
@@ -360,7 +372,7 @@ def child_profile(folder: str, query_tokens: int, answer_tokens: int, rounds: in
 
 
 def update_flops(model, tokens: int) -> int:
-    """Matrix-product FLOPs (2 per multiply-add) of one memory update over ``tokens`` tokens, STM projection included."""
+    """Matrix-product FLOPs (2 per multiply-add) of one memory update of ``tokens`` tokens, STM projection included."""
     config = model.config
     encoder, attention = config.encoder, config.memory_attention
     layers, slots, dim = config.stm_shape
@@ -437,7 +449,7 @@ def locked(command: list[str]) -> tuple[dict, int]:
 
 
 def ensure_folder(work: Path, model: str, precision: str) -> Path:
-    folder = work / "mlx" / f"{model}-{precision}"
+    folder = work / "mlx" / f"{model}-{FOLDERS[precision]}"
     if not (folder / "config.json").is_file():
         checkpoint = work / f"{model}-bf16"
         if not (checkpoint / "config.json").is_file():
@@ -490,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     python = str(BIN / "python")
     machine, _ = locked([python, __file__, "--child", "machine"])
     print(
-        f"fp32 GEMM {machine['fp32_gemm_gflops']:.1f} GFLOP/s, read bandwidth {machine['read_bandwidth_gbps']:.2f} GB/s",
+        f"fp32 GEMM {machine['fp32_gemm_gflops']:.1f} GFLOP/s, "
+        f"read bandwidth {machine['read_bandwidth_gbps']:.2f} GB/s",
         flush=True,
     )
     records = []
@@ -505,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                 record["bandwidth"] = bandwidth_view(record, machine)
             records.append(record)
             print(summary_line(record), flush=True)
-    write_results(args.out, machine, records)
+            write_results(args.out, machine, records)  # partial results survive a stopped run
     return 0
 
 
@@ -553,7 +566,8 @@ def tables(machine: dict, records: list[dict]) -> str:
         "",
         "## The turn",
         "",
-        "| model | precision | load (s) | TTFT (ms) | decode tok/s | mlx-lm tok/s | RxT / mlx-lm | memory update (s) | MLX peak (GB) | peak RSS (GB) |",
+        "| model | precision | load (s) | TTFT (ms) | decode tok/s | mlx-lm tok/s | RxT / mlx-lm | "
+        "memory update (s) | MLX peak (GB) | peak RSS (GB) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in records:
@@ -615,9 +629,8 @@ def tables(machine: dict, records: list[dict]) -> str:
         "buffer. Bound = bandwidth / bytes. The Apple columns are a **projection** (bytes / the chip's "
         "bandwidth), not a measurement: real decode reaches some fraction of it.",
         "",
-        "| model | precision | MB per step | of which STM K/V (MB) | bound here (tok/s) | achieved tok/s | fraction | compiled step fraction | "
-        + " | ".join(f"{chip} ({APPLE_GBPS[chip]} GB/s) bound" for chip in chips)
-        + " |",
+        "| model | precision | MB per step | of which STM K/V (MB) | bound here (tok/s) | achieved tok/s | fraction | "
+        "compiled step fraction | " + " | ".join(f"{chip} ({APPLE_GBPS[chip]} GB/s) bound" for chip in chips) + " |",
         "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(chips),
     ]
     for record in runnable:
@@ -626,9 +639,8 @@ def tables(machine: dict, records: list[dict]) -> str:
         lines.append(
             f"| {record['model']} | {record['precision']} | {view['bytes_per_step'] / 1e6:.0f} | "
             f"{record['step_bytes']['stm_keys_values'] / 1e6:.0f} | {view['bandwidth_bound_tokens_per_second']:.1f} | "
-            f"{record['decode_tokens_per_second']:.2f} | {view['achieved_fraction']:.0%} | {view['compiled_step_fraction']:.0%} | "
-            + " | ".join(projected)
-            + " |"
+            f"{record['decode_tokens_per_second']:.2f} | {view['achieved_fraction']:.0%} | "
+            f"{view['compiled_step_fraction']:.0%} | " + " | ".join(projected) + " |"
         )
     return "\n".join(lines) + "\n"
 
