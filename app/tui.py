@@ -150,12 +150,11 @@ class ChatApp(App[None]):
             transcript = self.query_one("#transcript", VerticalScroll)
             views = [MessageView("user", event.turn, event.query), MessageView("assistant", event.turn, "")]
             await transcript.mount_all(views)
-            transcript.scroll_end(animate=False)
+            transcript.anchor()  # follows the answer as it grows, until the user scrolls up
         elif isinstance(event, TokenText):
             view = self.answer_view(event.conversation_id, event.turn)
             if view is not None:
                 await view.append(event.text)
-                self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
         elif isinstance(event, AnswerFinished):
             view = self.answer_view(event.conversation_id, event.turn)
             if view is not None:
@@ -231,7 +230,7 @@ class ChatApp(App[None]):
             views.append(MessageView("user", live.turn, live.query))
             views.append(MessageView("assistant", live.turn, live.answer, "stopped" if live.stopped else ""))
         await transcript.mount_all(views)
-        transcript.scroll_end(animate=False)
+        transcript.anchor()  # stays at the end while the Markdown of the turns is laid out
 
     def answer_view(self, conversation_id: str, turn: int) -> MessageView | None:
         """The on-screen answer of a turn, if the conversation is shown."""

@@ -294,3 +294,39 @@ async def test_a_failed_turn_is_reported_and_its_query_given_back(tmp_path):
         assert transcript(app) == [] and app.current.turn_count == 0
         assert app.query_one("#prompt").value == ("tea " * 80).strip()  # given back to edit
         assert worker.opened[-1] == (app.current.id, 0)  # memory reloaded from the last commit
+
+
+def stored_conversation(tmp_path, turns: int, answer: str = "a") -> str:
+    """A stored conversation of ``turns`` turns made by the scripted model; returns its id."""
+    storage = Storage(tmp_path / "data")
+    conversation = storage.create_conversation("stored", FINGERPRINT)
+    for turn in range(1, turns + 1):
+        path = storage.snapshot_path(conversation.id, turn)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"stm")
+        storage.commit_turn(conversation.id, turn, f"q{turn}", f"{answer} {turn}", TurnStats(1, 0.0, 0.0, 0.0, 0.0))
+    storage.close()
+    return conversation.id
+
+
+def scrolled_to_end(app) -> bool:
+    transcript_view = app.query_one("#transcript")
+    last = list(app.query(MessageView))[-1]
+    return transcript_view.max_scroll_y > 0 and transcript_view.scroll_y >= transcript_view.max_scroll_y and (
+        last.region.bottom <= transcript_view.region.bottom
+    )
+
+
+async def test_opening_a_conversation_lands_at_the_end(tmp_path):
+    paragraphs = "\n\n".join(f"paragraph {n}, long enough to wrap over a narrow transcript column" for n in range(6))
+    stored_conversation(tmp_path, 12, paragraphs)
+    app, _ = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: ready(app) and len(transcript(app)) == 24)
+        await wait_until(pilot, lambda: scrolled_to_end(app), timeout=5, what="the transcript at its end")
+        await pilot.press("ctrl+n")
+        await wait_until(pilot, lambda: app.current.title == "New conversation" and ready(app))
+        stored = app.controller.storage.conversations()[-1]
+        await app.switch_to(stored.id)
+        await wait_until(pilot, lambda: len(transcript(app)) == 24)
+        await wait_until(pilot, lambda: scrolled_to_end(app), timeout=5, what="the transcript at its end")
