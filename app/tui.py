@@ -114,7 +114,7 @@ class ChatApp(App[None]):
         self.query_one("#memory").display = False
         await self.refresh_list()
         await self.switch_to(self.controller.latest_or_new().id)
-        self.query_one("#prompt", Input).focus()
+        self.focus_prompt()
 
     # ----- controller bridge
 
@@ -295,6 +295,7 @@ class ChatApp(App[None]):
         item = event.item
         if isinstance(item, ConversationItem) and not self.is_current(item.conversation.id):
             await self.switch_to(item.conversation.id)
+        self.focus_prompt()
 
     @on(MessageView.Chosen)
     def message_chosen(self, event: MessageView.Chosen) -> None:
@@ -305,9 +306,13 @@ class ChatApp(App[None]):
 
     # ----- actions
 
+    def focus_prompt(self) -> None:
+        """Put the focus in the input, so that what is typed next goes into a message."""
+        self.query_one("#prompt", Input).focus()
+
     async def action_new_conversation(self) -> None:
         await self.switch_to(self.controller.create().id)
-        self.query_one("#prompt", Input).focus()
+        self.focus_prompt()
 
     def action_rename(self) -> None:
         if self.current is None:
@@ -355,6 +360,7 @@ class ChatApp(App[None]):
         source = self.current
 
         async def chosen(value: str | None) -> None:
+            self.focus_prompt()
             if value is None:
                 return
             try:

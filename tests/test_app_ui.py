@@ -330,3 +330,32 @@ async def test_opening_a_conversation_lands_at_the_end(tmp_path):
         await app.switch_to(stored.id)
         await wait_until(pilot, lambda: len(transcript(app)) == 24)
         await wait_until(pilot, lambda: scrolled_to_end(app), timeout=5, what="the transcript at its end")
+
+
+async def test_focus_returns_to_the_input_after_the_list_and_the_fork_dialog(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        await answered_turns(pilot, worker, ["first chat"])
+        first = app.current.id
+        await pilot.press("ctrl+n")
+        await wait_until(pilot, lambda: app.current.id != first and ready(app))
+        await pilot.press("tab")
+        await wait_until(pilot, lambda: app.focused is app.query_one("#conversations"))
+        await pilot.press("down", "enter")
+        await wait_until(pilot, lambda: app.current.id == first and ready(app))
+        await pilot.press(*"more", "enter")
+        await wait_until(pilot, lambda: len(worker.sent) == 2, timeout=5, what="the typed message sent")
+        assert worker.sent[1][2] == "more"
+        worker.answer(1, ["ok"])
+        worker.save(1, "ok")
+        await wait_until(pilot, lambda: app.current.turn_count == 2)
+
+        await pilot.click(list(app.query(MessageView))[0])
+        await wait_until(pilot, lambda: app.chosen_turn == 1)
+        for keys in (["escape"], ["enter"]):
+            await pilot.press("ctrl+f")
+            await wait_until(pilot, lambda: screen_name(app) == "ForkScreen")
+            await pilot.press(*keys)
+            await wait_until(pilot, lambda: screen_name(app) != "ForkScreen")
+            await wait_until(pilot, lambda: app.focused is app.query_one("#prompt"), timeout=5, what="focus on the input")
