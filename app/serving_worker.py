@@ -51,6 +51,10 @@ from rxt_app.worker import (
 
 from rxt_mlx.sampling import SamplingOptions
 
+UPDATE_LAG_STEPS = 3
+"""Decoder steps of the other rows between the end of an answer and the saving of its memory
+update, which runs on its own stream meanwhile (and is waited for if not done by then)."""
+
 
 @dataclass(frozen=True)
 class Generate:
@@ -116,6 +120,7 @@ class ServingWorker(InferenceWorker):
         self._plans: dict[str, TurnPlan] = {}
         self._stop_requests: set[tuple[str, int]] = set()
         self._decoding: set[tuple[str, int]] = set()
+        self._update_stream = None
 
     def plan_turn(self, conversation_id: str, plan: TurnPlan) -> None:
         """How the next turn sent for ``conversation_id`` runs (call just before the controller sends it)."""
@@ -230,7 +235,7 @@ class ServingWorker(InferenceWorker):
             done.ttft_seconds,
             done.decode_tokens_per_second,
         )
-        self._finish(job, previous_stm, previous_turn, answer)
+        self._complete_update(self._finish(job, previous_stm, previous_turn, answer))
 
     # ----- answers decoded together (greedy answers of different conversations)
 
@@ -258,15 +263,25 @@ class ServingWorker(InferenceWorker):
                 for index, token in reversed(list(enumerate(tokens.tolist()))):
                     if together.rows[index][2].accept(token):
                         self._leave(together, index)
+                self._complete_updates(together, UPDATE_LAG_STEPS)
                 self._take_queued(together, taken)
         except Exception as error:  # noqa: BLE001 - each row still in the batch is reported as failed
             for job, _, _ in together.rows:
                 self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
         finally:
+            self._complete_updates(together, 0)
             with self._lock:
                 self._decoding.clear()
             for _ in taken:
                 self._jobs.task_done()
+
+    def _complete_updates(self, together: _Together, lag: int) -> None:
+        """Save the memory updates started ``lag`` or more steps ago (each waits for its STM)."""
+        for update in list(together.updating):
+            update.steps += 1
+            if update.steps > lag:
+                together.updating.remove(update)
+                self._run_between(update.job, lambda update=update: self._complete_update(update))
 
     def _join(self, together: _Together, job: _Send) -> None:
         """Prefill ``job``'s answer and add it as the batch's last row (a job that cannot start is
@@ -308,7 +323,9 @@ class ServingWorker(InferenceWorker):
         together.tokens = together.tokens[mx.array(kept)] if kept else None
         with self._lock:
             self._decoding.discard((job.conversation_id, job.turn))
-        self._run_between(job, lambda: self._finish(job, session.stm, session.turn, row.result()))
+        self._run_between(
+            job, lambda: together.updating.append(self._finish(job, session.stm, session.turn, row.result()))
+        )
 
     def _take_queued(self, together: _Together, taken: list) -> None:
         """Take the jobs at the head of the queue that need not wait for a row of the batch."""
@@ -316,6 +333,7 @@ class ServingWorker(InferenceWorker):
             with self._jobs.mutex:
                 job = self._jobs.queue[0] if self._jobs.queue else None
                 in_batch = {row_job.conversation_id for row_job, _, _ in together.rows}
+                in_batch |= {update.job.conversation_id for update in together.updating}
                 if getattr(job, "conversation_id", None) in in_batch | {None}:  # also: nothing queued, shutdown
                     return
                 self._jobs.queue.popleft()
@@ -336,8 +354,8 @@ class ServingWorker(InferenceWorker):
 
     # ----- after an answer
 
-    def _finish(self, job: _Send, previous_stm, previous_turn: int, answer: DecodedAnswer) -> None:
-        """Post the answer, update the memory with it (what the client got), save it, post TurnSaved."""
+    def _finish(self, job: _Send, previous_stm, previous_turn: int, answer: DecodedAnswer) -> _MemoryUpdate:
+        """Post the answer, then start updating the memory with it (what the client got)."""
         prompt = self.tokenizer.query_ids(job.query)
         self._post(AnswerEnded(job.conversation_id, job.turn, answer.finish_reason, len(prompt)))
         self._post(
@@ -354,59 +372,76 @@ class ServingWorker(InferenceWorker):
         )
         # memorise what the client got: not the tokens decoded past a stop string
         interaction = self.tokenizer.interaction_ids(job.query, answer.text) if answer.cut else prompt + answer.ids
-        seconds = self._write_turn(job, previous_stm, previous_turn, interaction)
         stats = TurnStats(
-            tokens=len(answer.ids),
-            prompt_seconds=answer.prompt_seconds,
-            ttft_seconds=answer.ttft_seconds,
-            tokens_per_second=answer.tokens_per_second,
-            memory_update_seconds=seconds,
-            stopped=answer.stopped,
+            len(answer.ids), answer.prompt_seconds, answer.ttft_seconds, answer.tokens_per_second, 0.0, answer.stopped
         )
-        self._save(job, previous_stm, answer.text, stats)
+        return self._start_update(job, previous_stm, previous_turn, interaction, answer.text, stats)
 
     def _absorb(self, job: _Send, plan: Absorb) -> None:
         session = self._open_session(job)
-        previous_stm = session.stm
         self._post(TurnStarted(job.conversation_id, job.turn))
         self._post(AnswerFinished(job.conversation_id, job.turn, plan.answer, 0, 0.0, 0.0, 0.0, False))
         interaction = self.tokenizer.interaction_ids(job.query, plan.answer)
-        seconds = self._write_turn(job, previous_stm, session.turn, interaction)
-        self._save(job, previous_stm, plan.answer, TurnStats(0, 0.0, 0.0, 0.0, seconds))
+        stats = TurnStats(0, 0.0, 0.0, 0.0, 0.0)
+        self._complete_update(self._start_update(job, session.stm, session.turn, interaction, plan.answer, stats))
 
-    def _write_turn(self, job: _Send, stm, turn: int, interaction: list[int]) -> float:
-        """Make the conversation's session the memory ``stm`` (after ``turn`` turns) updated with
-        ``interaction`` (Session's memory update); returns its seconds."""
+    def _start_update(
+        self, job: _Send, stm, turn: int, interaction: list[int], answer: str, stats: TurnStats
+    ) -> _MemoryUpdate:
+        """Start Session's memory update of ``stm`` (after ``turn`` turns) with ``interaction``, on
+        a stream of its own, so that answers decoded together go on meanwhile."""
         import mlx.core as mx
 
-        from rxt_mlx.session import Session
-
+        if self._update_stream is None:
+            self._update_stream = mx.new_stream(mx.cpu)
         started = time.perf_counter()
         limit = self.model.config.encoder.seq_len
         if len(interaction) > limit:  # a stop-string cut answer re-tokenized, one EOS longer than decoded
             interaction = [*interaction[: limit - 1], self.tokenizer.eos_id]
-        stm = self.model.update_memory(stm, mx.array([interaction], dtype=mx.uint32))
-        self._sessions[job.conversation_id] = Session(self.model, self.tokenizer, stm=stm, turn=turn + 1)
-        return time.perf_counter() - started
+        with mx.stream(self._update_stream):
+            updated = self.model.update_memory(stm, mx.array([interaction], dtype=mx.uint32))
+        mx.async_eval(updated)
+        return _MemoryUpdate(job, stm, turn, answer, stats, updated, started)
 
-    def _save(self, job: _Send, previous_stm, answer: str, stats: TurnStats) -> None:
-        """Save the conversation's memory after the turn to the job's snapshot; post TurnSaved."""
+    def _complete_update(self, update: _MemoryUpdate) -> None:
+        """Make the updated memory the conversation's Session, save it, post TurnSaved."""
+        from rxt_mlx.session import Session
         from rxt_mlx.stm import save_stm
 
-        stm = self._sessions[job.conversation_id].stm
-        stats = replace(stats, memory_change=tuple(memory_change(previous_stm, stm)))
-        save_stm(job.snapshot, stm, model_fingerprint=self.fingerprint, turn=job.turn)
-        self._post(TurnSaved(job.conversation_id, job.turn, job.query, answer, stats, job.snapshot))
+        job = update.job
+        session = Session(self.model, self.tokenizer, stm=update.stm, turn=update.turn + 1)
+        self._sessions[job.conversation_id] = session
+        change = tuple(memory_change(update.previous_stm, session.stm))
+        seconds = time.perf_counter() - update.started
+        stats = replace(update.stats, memory_update_seconds=seconds, memory_change=change)
+        save_stm(job.snapshot, session.stm, model_fingerprint=self.fingerprint, turn=job.turn)
+        self._post(TurnSaved(job.conversation_id, job.turn, job.query, update.answer, stats, job.snapshot))
+
+
+@dataclass
+class _MemoryUpdate:
+    """A turn's memory update in flight: ``stm`` is being computed from ``previous_stm``."""
+
+    job: _Send
+    previous_stm: Any
+    turn: int
+    answer: str
+    stats: TurnStats
+    stm: Any
+    started: float
+    steps: int = 0
 
 
 @dataclass
 class _Together:
-    """The answers decoded together: the batch, its rows (job, Session before the turn, AnswerRow)
-    and the tokens (lazy, one per row) that its next step reads."""
+    """The answers decoded together: the batch, its rows (job, Session before the turn, AnswerRow),
+    the tokens (lazy, one per row) that its next step reads, and the memory updates of rows that
+    left, not saved yet."""
 
     batch: Any
     rows: list[tuple[_Send, Any, AnswerRow]] = field(default_factory=list)
     tokens: Any = None
+    updating: list[_MemoryUpdate] = field(default_factory=list)
 
 
 def greedy(logits):

@@ -9,6 +9,9 @@ native API (each turn waits for the previous one's memory update, as a chat does
 tokens/s is all answers' tokens over the wall time of the whole run: prefill, memory updates,
 snapshots, commits and HTTP included. The best of ``--repeats`` runs is kept (the machine is
 shared). ``--max-batch 1`` decodes one answer at a time, for comparison.
+
+A second table times the decoder steps alone (rxt_mlx.batch.DecodeBatch with B rows, no server):
+the ceiling that batching gives before the per-turn work (prefill, memory update, saving).
 """
 
 from __future__ import annotations
@@ -54,6 +57,37 @@ def run_streams(url: str, streams: int, turns: int, max_tokens: int) -> tuple[fl
     if errors:
         raise errors[0]
     return time.perf_counter() - started, sum(tokens)
+
+
+def decode_steps(model_dir: Path, counts: list[int], steps: int = 30, repeats: int = 5) -> list[dict]:
+    """Tokens/s of ``steps`` decoder steps with B rows (each its own STM), for each B in ``counts``
+    (the best of ``repeats``)."""
+    import mlx.core as mx
+
+    import rxt_mlx
+    from rxt_mlx.batch import DecodeBatch
+
+    model, tokenizer = rxt_mlx.load(model_dir)
+    vocab = min(model.config.decoder.vocab_size, tokenizer.vocab_size)
+    rows = []
+    for count in counts:
+        batch = DecodeBatch(model.decoder, vocab)
+        for row in range(count):
+            memory = model.decoder.project_memory(model.initial_stm(1, seed=row))
+            batch.add(tokenizer.query_ids(QUERIES[row % len(QUERIES)]), memory)
+        tokens = mx.zeros((count,), dtype=mx.uint32)
+        for _ in range(3):  # traced and warm
+            tokens = mx.argmax(batch.step(tokens), axis=-1)
+        mx.eval(tokens)
+        seconds = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(steps):
+                tokens = mx.argmax(batch.step(tokens), axis=-1)
+                tokens.tolist()
+            seconds = min(seconds, time.perf_counter() - started)
+        rows.append({"rows": count, "step_ms": 1000 * seconds / steps, "tokens_per_second": count * steps / seconds})
+    return rows
 
 
 def main() -> int:
@@ -110,9 +144,20 @@ def main() -> int:
     for row in rows:
         rate, ratio = row["tokens_per_second"], row["tokens_per_second"] / single
         print(f"| {row['streams']} | {row['tokens']} | {row['seconds']:.2f} | {rate:.0f} | {ratio:.2f} |")
+    steps = decode_steps(model_dir, counts, repeats=args.repeats * 2)
+    print("\n| rows decoded together | step ms | decoder tok/s | x one row |\n|---:|---:|---:|---:|")
+    for row in steps:
+        ratio = row["tokens_per_second"] / steps[0]["tokens_per_second"]
+        print(f"| {row['rows']} | {row['step_ms']:.1f} | {row['tokens_per_second']:.0f} | {ratio:.2f} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"model": worker.description, "max_batch": args.max_batch, "turns": args.turns, "rows": rows}
+        record = {
+            "model": worker.description,
+            "max_batch": args.max_batch,
+            "turns": args.turns,
+            "rows": rows,
+            "decode_steps": steps,
+        }
         args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

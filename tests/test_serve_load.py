@@ -206,6 +206,7 @@ def test_kill_9_in_the_middle_of_the_load_keeps_every_stored_turn(model_folder, 
             process.kill()
     in_flight = sum(client.sent - len(client.committed) for client in clients)
     assert in_flight > 0, "the kill came after the load"
+    seen = sum(len(client.committed) for client in clients)
 
     process, url = start_server(model_folder, data_dir)  # its start removes what the kill left
     try:
@@ -220,6 +221,8 @@ def test_kill_9_in_the_middle_of_the_load_keeps_every_stored_turn(model_folder, 
             assert stored[: len(client.committed)] == client.committed, "a turn the client saw stored is gone"
             assert len(stored) <= client.sent, "a turn never sent is stored"
             assert stored == reference[client.index][: len(stored)]
+        stored_turns = sum(len(turns) for turns in conversations.values())
+        print(f"killed with {seen} turns seen stored and {in_flight} in flight; {stored_turns} stored after restart")
         with httpx.Client(base_url=url, timeout=60) as http:  # every memory continues where it was stored
             for client in clients:
                 turn = len(conversations[client.conversation_id])
