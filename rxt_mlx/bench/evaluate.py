@@ -224,7 +224,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Memory recall (by turns since the fact was stated, with and without memory) and answer "
         "perplexity of an RxT model on recall dialogues.",
     )
-    parser.add_argument("--model", type=Path, default=DEMO_DIR, help="MLX model folder (default: the bundled demo)")
+    parser.add_argument(
+        "--model", type=Path, default=DEMO_DIR, help="MLX model folder or Hub repo id org/name (default: the demo)"
+    )
     parser.add_argument("--split", choices=("heldout", "train"), default="heldout")
     parser.add_argument("--conversations", type=int, default=200, help="number of conversations (default 200)")
     parser.add_argument("--seed", type=int, default=1234, help="data seed (the demo was trained on train seeds)")
