@@ -14,6 +14,8 @@ from pathlib import Path
 
 from rxt_app.confirm_screen import ConfirmScreen
 from rxt_app.controller import (
+    GENERATING,
+    QUEUED,
     ActionRefused,
     ChatController,
     ChatEvent,
@@ -30,7 +32,7 @@ from rxt_app.help_screen import HelpScreen
 from rxt_app.prompt_screen import TextPromptScreen
 from rxt_app.storage import Conversation, Storage, default_data_dir
 from rxt_app.styles import CHAT_CSS
-from rxt_app.widgets import ConversationItem, MemoryPanel, MessageView, StatusFigures, StatusLine
+from rxt_app.widgets import ConversationItem, MemoryPanel, MessageView, PromptInput, StatusFigures, StatusLine
 from rxt_app.worker import AnswerFinished, InferenceWorker, ModelLoadError, TokenText, WorkerEvent
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -94,6 +96,7 @@ class ChatApp(App[None]):
         self.current: Conversation | None = None
         self.closing = False  # exit() called: the screen may be torn down under late worker events
         self.chosen_turn: int | None = None
+        self.waiting: dict[str, list[str]] = {}  # messages typed while the previous answer is coming
         self.model_label = source_label(worker.model_dir)
         self.sub_title = worker.description
 
@@ -105,7 +108,7 @@ class ChatApp(App[None]):
             with Vertical(id="main"):
                 yield Static("", id="notice", markup=False)
                 yield VerticalScroll(id="transcript")
-                yield Input(placeholder="Message RxT… (Enter sends, Esc stops, F1 help)", id="prompt")
+                yield PromptInput(placeholder="Message RxT… (Enter sends, Esc stops, F1 help)", id="prompt")
             yield MemoryPanel("", id="memory", markup=False)
         yield StatusLine("", id="status", markup=False)
         yield Footer()
@@ -128,6 +131,7 @@ class ChatApp(App[None]):
             self.pending.clear()
             return
         await self.render_events()
+        await self.send_waiting()
 
     async def render_events(self) -> None:
         """Show the controller's events in order; then the list and the chrome, if anything but text changed."""
@@ -149,7 +153,8 @@ class ChatApp(App[None]):
         if isinstance(event, TurnQueued) and self.is_current(event.conversation_id):
             transcript = self.query_one("#transcript", VerticalScroll)
             views = [MessageView("user", event.turn, event.query), MessageView("assistant", event.turn, "")]
-            await transcript.mount_all(views)
+            waiting = transcript.query(".waiting")
+            await transcript.mount_all(views, before=waiting.first() if waiting else None)
             transcript.anchor()  # follows the answer as it grows, until the user scrolls up
         elif isinstance(event, TokenText):
             view = self.answer_view(event.conversation_id, event.turn)
@@ -229,8 +234,20 @@ class ChatApp(App[None]):
         for live in self.controller.live_turns(self.current.id):
             views.append(MessageView("user", live.turn, live.query))
             views.append(MessageView("assistant", live.turn, live.answer, "stopped" if live.stopped else ""))
+        views += self.waiting_views(self.current.id)
         await transcript.mount_all(views)
         transcript.anchor()  # stays at the end while the Markdown of the turns is laid out
+
+    def waiting_views(self, conversation_id: str, start: int = 0) -> list[MessageView]:
+        """The messages waiting for the answer coming in a conversation, from the ``start``-th on."""
+        live = self.controller.live_turns(conversation_id)
+        last_turn = live[-1].turn if live else self.controller.storage.conversation(conversation_id).turn_count
+        queries = self.waiting.get(conversation_id, [])
+        return [
+            MessageView("user", last_turn + index + 1, query, "waiting")
+            for index, query in enumerate(queries)
+            if index >= start
+        ]
 
     def answer_view(self, conversation_id: str, turn: int) -> MessageView | None:
         """The on-screen answer of a turn, if the conversation is shown."""
@@ -279,16 +296,45 @@ class ChatApp(App[None]):
     @on(Input.Submitted, "#prompt")
     async def send(self, event: Input.Submitted) -> None:
         """Send the typed query as the next turn of the current conversation."""
-        query = event.value.strip()
+        query = PromptInput.message_text(event.value).strip()
         if not query or self.current is None:
             return
+        conversation_id = self.current.id
+        if self.answering(conversation_id) or self.waiting.get(conversation_id):
+            self.waiting.setdefault(conversation_id, []).append(query)
+            start = len(self.waiting[conversation_id]) - 1
+            await self.query_one("#transcript", VerticalScroll).mount_all(self.waiting_views(conversation_id, start))
+            return
+        await self.send_now(conversation_id, query)
+
+    async def send_now(self, conversation_id: str, query: str) -> None:
+        """Send ``query``; if it is refused, say why and give it back to the input to edit."""
         try:
-            self.controller.send(self.current.id, query)
+            self.controller.send(conversation_id, query)
         except ActionRefused as refusal:
             self.notify(refusal.message, severity=refusal.severity)
-            return
-        event.input.value = ""
+            prompt = self.query_one("#prompt", Input)
+            if not prompt.value and self.is_current(conversation_id):
+                prompt.value = query
         await self.render_events()
+
+    def answering(self, conversation_id: str) -> bool:
+        """Whether an answer of the conversation is queued or coming (a message typed now must wait)."""
+        return any(live.phase in (QUEUED, GENERATING) for live in self.controller.live_turns(conversation_id))
+
+    async def send_waiting(self) -> None:
+        """Send the first waiting message of each conversation whose answer has come."""
+        for conversation_id, queries in list(self.waiting.items()):
+            if self.closing or self.controller.quitting or self.answering(conversation_id):
+                continue
+            query = queries.pop(0)
+            if not queries:
+                del self.waiting[conversation_id]
+            if self.is_current(conversation_id):
+                waiting = self.query_one("#transcript", VerticalScroll).query(".waiting")
+                if waiting:
+                    await waiting.first().remove()
+            await self.send_now(conversation_id, query)
 
     @on(ListView.Selected, "#conversations")
     async def conversation_selected(self, event: ListView.Selected) -> None:

@@ -5,14 +5,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rxt_app.storage import Conversation, TurnStats
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Label, ListItem, Markdown, Static
+from textual.widgets import Input, Label, ListItem, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 BAR_WIDTH = 16
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+NEWLINE_MARK = "⏎"
+"""Stands for a line break of a pasted message in the one-line input."""
+
+
+class PromptInput(Input):
+    """The message input. Enter submits and empties it in the order of the keys (the keys typed
+    after it make the next message, even before the app has taken this one); a pasted text keeps
+    all its lines, shown as ⏎."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()  # Input's own handler, and the enter binding, are not run
+            await self.action_submit()
+
+    async def action_submit(self) -> None:
+        await super().action_submit()
+        self.value = ""
+
+    def _on_paste(self, event: events.Paste) -> None:
+        text = "\n".join(event.text.splitlines())
+        if text:
+            self.insert_text_at_cursor(text.replace("\n", NEWLINE_MARK))
+        event.stop()
+        event.prevent_default()
+
+    @staticmethod
+    def message_text(value: str) -> str:
+        """The message a submitted value stands for: its ⏎ marks back to line breaks."""
+        return value.replace(NEWLINE_MARK, "\n")
 
 
 class ConversationItem(ListItem):
@@ -44,7 +75,7 @@ class MessageView(Vertical):
             self.turn = turn
 
     def __init__(self, role: str, turn: int, text: str = "", note: str = ""):
-        super().__init__(classes=f"message {role}")
+        super().__init__(classes=f"message {role} {note}")
         self.role = role
         self.turn = turn
         self.text = text

@@ -12,6 +12,7 @@ from rxt_app.storage import Storage, TurnStats
 from rxt_app.tui import SHOWN_TURNS, ChatApp
 from rxt_app.widgets import MessageView, StatusLine, bar, format_memory_panel, sparkline
 from rxt_app.worker import JobFailed
+from textual import events
 
 from tests.app_helpers import FINGERPRINT, ScriptedWorker, wait_until
 
@@ -312,8 +313,10 @@ def stored_conversation(tmp_path, turns: int, answer: str = "a") -> str:
 def scrolled_to_end(app) -> bool:
     transcript_view = app.query_one("#transcript")
     last = list(app.query(MessageView))[-1]
-    return transcript_view.max_scroll_y > 0 and transcript_view.scroll_y >= transcript_view.max_scroll_y and (
-        last.region.bottom <= transcript_view.region.bottom
+    return (
+        transcript_view.max_scroll_y > 0
+        and transcript_view.scroll_y >= transcript_view.max_scroll_y
+        and (last.region.bottom <= transcript_view.region.bottom)
     )
 
 
@@ -358,4 +361,42 @@ async def test_focus_returns_to_the_input_after_the_list_and_the_fork_dialog(tmp
             await wait_until(pilot, lambda: screen_name(app) == "ForkScreen")
             await pilot.press(*keys)
             await wait_until(pilot, lambda: screen_name(app) != "ForkScreen")
-            await wait_until(pilot, lambda: app.focused is app.query_one("#prompt"), timeout=5, what="focus on the input")
+            await wait_until(pilot, lambda: app.focused is app.query_one("#prompt"), timeout=5, what="focus on input")
+
+
+def type_fast(app, *keys: str) -> None:
+    """Queue key presses at once, as a fast typist or a terminal paste does (the pilot waits after each)."""
+    for key in keys:
+        event = events.Key(key, key if len(key) == 1 else None)
+        event.set_sender(app)
+        app.post_message(event)
+
+
+async def test_messages_typed_quickly_are_queued_not_merged(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        type_fast(app, *"My name is Eve.", "enter", *"What is my name?", "enter")
+        await wait_until(pilot, lambda: len(transcript(app)) == 3, timeout=10, what="the second message waiting")
+        assert [query for _, _, query, _ in worker.sent] == ["My name is Eve."]
+        waiting = list(app.query(MessageView))[-1]
+        assert (waiting.text, waiting.role_line()) == ("What is my name?", "You · turn 2 · waiting")
+        assert app.query_one("#prompt").value == ""
+        worker.answer(0, ["Hi Eve."])
+        await wait_until(pilot, lambda: len(worker.sent) == 2, what="the waiting message sent")
+        assert worker.sent[1][1:3] == (2, "What is my name?")
+        assert [(role, turn) for role, turn, _ in transcript(app)] == [
+            ("user", 1),
+            ("assistant", 1),
+            ("user", 2),
+            ("assistant", 2),
+        ]
+        assert "waiting" not in list(app.query(MessageView))[2].role_line()
+
+        app.query_one("#prompt").post_message(events.Paste("line one\n# line two\r\nline three"))
+        await wait_until(pilot, lambda: "line three" in app.query_one("#prompt").value)
+        await pilot.press("enter")
+        worker.save(0, "Hi Eve.")
+        worker.answer(1, ["Eve"])
+        await wait_until(pilot, lambda: len(worker.sent) == 3, what="the pasted message sent")
+        assert worker.sent[2][2] == "line one\n# line two\nline three"
