@@ -121,6 +121,7 @@ class ServingWorker(InferenceWorker):
         self._stop_requests: set[tuple[str, int]] = set()
         self._decoding: set[tuple[str, int]] = set()
         self._update_stream = None
+        self._batch = None
 
     def plan_turn(self, conversation_id: str, plan: TurnPlan) -> None:
         """How the next turn sent for ``conversation_id`` runs (call just before the controller sends it)."""
@@ -251,8 +252,10 @@ class ServingWorker(InferenceWorker):
 
         from rxt_mlx.batch import DecodeBatch
 
-        vocab = min(self.model.config.decoder.vocab_size, self.tokenizer.vocab_size)
-        together = _Together(DecodeBatch(self.model.decoder, vocab))
+        if self._batch is None:  # kept across batches: its compiled step is traced once per shape
+            vocab = min(self.model.config.decoder.vocab_size, self.tokenizer.vocab_size)
+            self._batch = DecodeBatch(self.model.decoder, vocab)
+        together = _Together(self._batch)
         taken = []
         try:
             self._join(together, first)
@@ -266,6 +269,7 @@ class ServingWorker(InferenceWorker):
                 self._complete_updates(together, UPDATE_LAG_STEPS)
                 self._take_queued(together, taken)
         except Exception as error:  # noqa: BLE001 - each row still in the batch is reported as failed
+            self._batch = None
             for job, _, _ in together.rows:
                 self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
         finally:

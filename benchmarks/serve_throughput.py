@@ -1,10 +1,13 @@
 """Aggregate answer tokens/s of rxt-serve with 1, 2, 4 and 8 concurrent streams.
 
 Usage: python benchmarks/serve_throughput.py [--model DIR] [--streams 1,2,4,8] [--turns 4]
-       [--max-tokens 32] [--max-batch 8] [--repeats 2] [--out results/serve_throughput.json]
+       [--max-tokens 32] [--max-batch 8] [--repeats 2] [--out results/serve/demo.json]
 
-Starts the server in this process (uvicorn on a loopback port, a fresh data dir) and runs N
-clients at once, each posting ``--turns`` greedy turns to its own conversation through the
+The README's figures: the demo with ``--turns 6 --repeats 3``; the 15M model of
+``python benchmarks/make_bench_model.py DIR`` with ``--model DIR --turns 3 --max-tokens 64``.
+
+Starts rxt-serve in a process of its own (a loopback port, a fresh data dir) and runs N
+clients at once (asyncio, in this process), each posting ``--turns`` greedy turns to its own conversation through the
 native API (each turn waits for the previous one's memory update, as a chat does). Aggregate
 tokens/s is all answers' tokens over the wall time of the whole run: prefill, memory updates,
 snapshots, commits and HTTP included. The best of ``--repeats`` runs is kept (the machine is
@@ -17,46 +20,59 @@ the ceiling that batching gives before the per-turn work (prefill, memory update
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 QUERIES = ["My name is Ann.", "I have a cat named Tom.", "What is my name?", "I live in Paris.", "What pet do I have?"]
 
 
-def run_streams(url: str, streams: int, turns: int, max_tokens: int) -> tuple[float, int]:
+async def run_streams(url: str, streams: int, turns: int, max_tokens: int) -> tuple[float, int]:
     """Seconds and answer tokens of ``streams`` clients posting ``turns`` turns each, at once."""
     import httpx
 
-    with httpx.Client(base_url=url, timeout=600) as http:
-        conversations = [http.post("/api/conversations", json={}).json()["id"] for _ in range(streams)]
-    tokens = [0] * streams
-    errors: list[BaseException] = []
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        conversations = [(await http.post("/api/conversations", json={})).json()["id"] for _ in range(streams)]
 
-    def client(index: int) -> None:
+        async def client(index: int) -> int:
+            tokens = 0
+            for turn in range(turns):
+                body = {"query": QUERIES[(index + turn) % len(QUERIES)], "stream": False, "max_tokens": max_tokens}
+                response = await http.post(f"/api/conversations/{conversations[index]}/turns", json=body)
+                response.raise_for_status()
+                tokens += response.json()["stats"]["tokens"]
+            return tokens
+
+        started = time.perf_counter()
+        tokens = await asyncio.gather(*(client(index) for index in range(streams)))
+        return time.perf_counter() - started, sum(tokens)
+
+
+def start_server(model_dir: Path, data_dir: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    """rxt-serve in a process of its own (the clients' work stays out of its threads)."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "rxt_app.serve", "--model", str(model_dir), "--data-dir", data_dir]
+    command += ["--port", str(port), "--max-tokens", str(args.max_tokens), "--max-batch", str(args.max_batch)]
+    process = subprocess.Popen([*command, "--log-level", "warning"])
+    url = f"http://127.0.0.1:{port}"
+    while True:
         try:
-            with httpx.Client(base_url=url, timeout=600) as http:
-                for turn in range(turns):
-                    body = {"query": QUERIES[(index + turn) % len(QUERIES)], "stream": False, "max_tokens": max_tokens}
-                    response = http.post(f"/api/conversations/{conversations[index]}/turns", json=body)
-                    response.raise_for_status()
-                    tokens[index] += response.json()["stats"]["tokens"]
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(streams)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - started, sum(tokens)
+            httpx.get(f"{url}/health", timeout=1)
+            return process, url
+        except httpx.TransportError:
+            if process.poll() is not None:
+                raise SystemExit("rxt-serve did not start") from None
+            time.sleep(0.2)
 
 
 def decode_steps(model_dir: Path, counts: list[int], steps: int = 30, repeats: int = 5) -> list[dict]:
@@ -104,42 +120,29 @@ def main() -> int:
     from rxt_mlx.blas import preload_optimised_blas
 
     preload_optimised_blas()
-    import uvicorn
     from rxt_app.cli import demo_model_dir
-    from rxt_app.server import ServerSettings, create_app, start_worker
-
-    from rxt_mlx.sampling import SamplingOptions
 
     model_dir = args.model or demo_model_dir()
-    defaults = SamplingOptions(max_tokens=args.max_tokens)
-    worker, relay = start_worker(model_dir, defaults, args.max_batch)
+    counts = [int(count) for count in args.streams.split(",")]
+    rows = []
     with tempfile.TemporaryDirectory() as data_dir:
-        settings = ServerSettings(data_dir=Path(data_dir), model_id="bench", defaults=defaults)
-        server = uvicorn.Server(uvicorn.Config(create_app(worker, relay, settings), log_level="warning"))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        counts = [int(count) for count in args.streams.split(",")]
-        run_streams(url, max(counts), 1, args.max_tokens)  # warm-up: every batch size traced once
-        rows = []
-        for streams in counts:
-            best = None
-            for _ in range(args.repeats):
-                seconds, tokens = run_streams(url, streams, args.turns, args.max_tokens)
-                if best is None or tokens / seconds > best[1] / best[0]:
-                    best = (seconds, tokens)
-            rows.append(
-                {"streams": streams, "seconds": best[0], "tokens": best[1], "tokens_per_second": best[1] / best[0]}
-            )
-            print(f"{streams} streams: {best[1]} tokens in {best[0]:.2f} s = {best[1] / best[0]:.0f} tok/s", flush=True)
-        server.should_exit = True
-        thread.join(60)
+        process, url = start_server(model_dir, data_dir, args)
+        try:
+            asyncio.run(run_streams(url, max(counts), 1, args.max_tokens))  # warm-up: batch shapes traced
+            for streams in counts:
+                best = None
+                for _ in range(args.repeats):
+                    seconds, tokens = asyncio.run(run_streams(url, streams, args.turns, args.max_tokens))
+                    if best is None or tokens / seconds > best[1] / best[0]:
+                        best = (seconds, tokens)
+                rate = best[1] / best[0]
+                rows.append({"streams": streams, "seconds": best[0], "tokens": best[1], "tokens_per_second": rate})
+                print(f"{streams} streams: {best[1]} tokens in {best[0]:.2f} s = {rate:.0f} tok/s", flush=True)
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(60)
     single = rows[0]["tokens_per_second"]
-    print(f"\nmodel {worker.description}; max batch {args.max_batch}; {args.turns} turns per stream")
+    print(f"\nmodel {model_dir}; max batch {args.max_batch}; {args.turns} turns per stream")
     print("| streams | tokens | seconds | aggregate tok/s | x single stream |\n|---:|---:|---:|---:|---:|")
     for row in rows:
         rate, ratio = row["tokens_per_second"], row["tokens_per_second"] / single
@@ -152,7 +155,7 @@ def main() -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         record = {
-            "model": worker.description,
+            "model": model_dir.name,
             "max_batch": args.max_batch,
             "turns": args.turns,
             "rows": rows,
