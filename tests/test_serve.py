@@ -314,6 +314,13 @@ def test_a_client_that_disconnects_stops_its_answer_which_is_kept(model_folder, 
                 model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
             )
             assert completion.choices[0].message.content is not None
+            unstreamed = {"model": MODEL_ID, "messages": [{"role": "user", "content": "What is my name?"}]}
+            with pytest.raises(httpx.ReadTimeout):  # a client that gives up waiting for a whole answer
+                http.post("/v1/chat/completions", json={**unstreamed, "max_tokens": 56}, timeout=0.5)
+            gone = [c for c in http.get("/api/conversations").json()["data"] if c["id"] != conversation_id]
+            given_up = [c for c in gone if c["title"] == "What is my name?"][0]["id"]
+            stored_turn = stored_after(http, given_up, 1)["turns"][0]
+            assert stored_turn["stats"]["stopped"] is True and len(stored_turn["answer"]) < len(expected)
     storage = Storage(tmp_path / "data")
     snapshot = storage.snapshot_path(conversation_id, 1)
     storage.close()
