@@ -31,6 +31,7 @@ from pathlib import Path
 
 from rxt_app.storage import Conversation, Storage, StorageError, TurnConflictError, TurnStats
 from rxt_app.worker import (
+    AnswerCancelled,
     AnswerFinished,
     InferenceWorker,
     JobFailed,
@@ -67,6 +68,7 @@ class LiveTurn:
     """A turn sent but not committed yet; ``phase`` is queued, generating or updating.
 
     ``snapshot``: the file its memory is saved to, this controller's until committed.
+    ``cancelling``: cancelled before its first token; the worker's AnswerCancelled has not come yet.
     """
 
     conversation_id: str
@@ -76,6 +78,7 @@ class LiveTurn:
     phase: str = QUEUED
     stopped: bool = False
     snapshot: Path | None = None
+    cancelling: bool = False
 
 
 @dataclass
@@ -130,6 +133,15 @@ class TurnFailed:
 
 
 @dataclass(frozen=True)
+class TurnCancelled:
+    """``turn`` was cancelled before its first token; nothing of it is kept, ``query`` can be sent again."""
+
+    conversation_id: str
+    turn: int
+    query: str
+
+
+@dataclass(frozen=True)
 class WorkerFailed:
     """A worker job that was no turn in flight raised (e.g. loading a conversation's memory)."""
 
@@ -157,6 +169,7 @@ ChatEvent = (
     | TurnQueued
     | TurnCommitted
     | TurnFailed
+    | TurnCancelled
     | WorkerFailed
     | ConversationsChanged
     | ReadyToQuit
@@ -382,7 +395,16 @@ class ChatController:
         return live
 
     def stop(self) -> None:
-        """Stop the answer being generated; the partial answer is kept and memorized."""
+        """Stop the answer being generated; the partial answer is kept and memorized.
+
+        A turn without a token yet (queued, or reading the query) is cancelled instead: TurnCancelled follows.
+        """
+        for state in self._states.values():
+            for live in state.live.values():
+                unanswered = live.phase == QUEUED or (live.phase == GENERATING and not live.answer)
+                if unanswered and not live.cancelling:
+                    live.cancelling = True
+                    self.worker.cancel(live.conversation_id, live.turn)
         self.worker.stop()
 
     def wind_down(self) -> bool:
@@ -410,6 +432,7 @@ class ChatController:
             TurnStarted: self._turn_started,
             TokenText: self._token_text,
             AnswerFinished: self._answer_finished,
+            AnswerCancelled: self._answer_cancelled,
             TurnSaved: self._turn_saved,
             JobFailed: self._job_failed,
         }[type(event)]
@@ -447,6 +470,14 @@ class ChatController:
             live.stopped = event.stopped
             live.answer = event.text
             self._emit(event)
+
+    def _answer_cancelled(self, event: AnswerCancelled) -> None:
+        live = self.state(event.conversation_id).live.pop(event.turn, None)
+        if live is None:
+            return
+        self._discard(live.snapshot)
+        self._resync(event.conversation_id)
+        self._emit(TurnCancelled(event.conversation_id, event.turn, live.query))
 
     def _turn_saved(self, event: TurnSaved) -> None:
         state = self.state(event.conversation_id)

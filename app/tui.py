@@ -21,6 +21,7 @@ from rxt_app.controller import (
     ChatEvent,
     ConversationsChanged,
     ReadyToQuit,
+    TurnCancelled,
     TurnCommitted,
     TurnFailed,
     TurnQueued,
@@ -167,10 +168,13 @@ class ChatApp(App[None]):
         elif isinstance(event, TurnFailed):
             if self.is_current(event.conversation_id):
                 await self.render_transcript()
-                prompt = self.query_one("#prompt", Input)
-                if not prompt.value:
-                    prompt.value = event.query  # given back to edit and send again
+                self.give_back(event.query)
             self.report_failure(event.message, event.details)
+        elif isinstance(event, TurnCancelled):
+            if self.is_current(event.conversation_id):
+                await self.render_transcript()
+                self.give_back(event.query)
+            self.notify("Cancelled before the answer began; your message is back in the input.")
         elif isinstance(event, WorkerFailed):
             self.report_failure(event.message, event.details)
         elif isinstance(event, ReadyToQuit):
@@ -313,10 +317,15 @@ class ChatApp(App[None]):
             self.controller.send(conversation_id, query)
         except ActionRefused as refusal:
             self.notify(refusal.message, severity=refusal.severity)
-            prompt = self.query_one("#prompt", Input)
-            if not prompt.value and self.is_current(conversation_id):
-                prompt.value = query
+            if self.is_current(conversation_id):
+                self.give_back(query)
         await self.render_events()
+
+    def give_back(self, query: str) -> None:
+        """Put a message that was not sent back into the (empty) input, to edit and send again."""
+        prompt = self.query_one("#prompt", PromptInput)
+        if not prompt.value:
+            prompt.value = PromptInput.input_text(query)
 
     def answering(self, conversation_id: str) -> bool:
         """Whether an answer of the conversation is queued or coming (a message typed now must wait)."""

@@ -36,9 +36,14 @@ class PromptInput(Input):
     def _on_paste(self, event: events.Paste) -> None:
         text = "\n".join(event.text.splitlines())
         if text:
-            self.insert_text_at_cursor(text.replace("\n", NEWLINE_MARK))
+            self.insert_text_at_cursor(self.input_text(text))
         event.stop()
         event.prevent_default()
+
+    @staticmethod
+    def input_text(message: str) -> str:
+        """A message as the input shows it: its line breaks as ⏎."""
+        return message.replace("\n", NEWLINE_MARK)
 
     @staticmethod
     def message_text(value: str) -> str:

@@ -78,6 +78,15 @@ class AnswerFinished:
 
 
 @dataclass(frozen=True)
+class AnswerCancelled:
+    """``turn`` was cancelled before its first token (:meth:`InferenceWorker.cancel`): nothing of it
+    is kept, and the conversation's Session is dropped (open it again from its snapshots)."""
+
+    conversation_id: str
+    turn: int
+
+
+@dataclass(frozen=True)
 class TurnSaved:
     """The memory update of ``turn`` ran and its STM snapshot is on disk at ``snapshot``: commit it."""
 
@@ -99,7 +108,9 @@ class JobFailed:
     details: str
 
 
-WorkerEvent = SessionReady | SnapshotProblem | TurnStarted | TokenText | AnswerFinished | TurnSaved | JobFailed
+WorkerEvent = (
+    SessionReady | SnapshotProblem | TurnStarted | TokenText | AnswerFinished | AnswerCancelled | TurnSaved | JobFailed
+)
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,7 @@ class InferenceWorker:
         self._jobs: queue.Queue = queue.Queue()
         self._sessions: dict[str, Any] = {}
         self._active_session: Any = None
+        self._cancelled: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
@@ -196,6 +208,14 @@ class InferenceWorker:
     def stop(self) -> None:
         """Stop the answer being generated now; the partial answer is kept and memorized."""
         with self._lock:
+            if self._active_session is not None:
+                self._active_session.stop()
+
+    def cancel(self, conversation_id: str, turn: int) -> None:
+        """Cancel a turn not answered yet (queued, or started without a token shown): it is not
+        memorized; AnswerCancelled follows."""
+        with self._lock:
+            self._cancelled.add((conversation_id, turn))
             if self._active_session is not None:
                 self._active_session.stop()
 
@@ -278,6 +298,15 @@ class InferenceWorker:
         elif isinstance(job, _Forget):
             self._sessions.pop(job.conversation_id, None)
 
+    def _was_cancelled(self, job: _Send) -> bool:
+        """Whether ``job`` was cancelled; if so, AnswerCancelled is posted."""
+        with self._lock:
+            if (job.conversation_id, job.turn) not in self._cancelled:
+                return False
+            self._cancelled.discard((job.conversation_id, job.turn))
+        self._post(AnswerCancelled(job.conversation_id, job.turn))
+        return True
+
     def _load_snapshot(self, path: Path):
         from rxt_mlx.stm import load_stm
 
@@ -314,6 +343,8 @@ class InferenceWorker:
         from rxt_mlx.session import AnswerDone, MemoryUpdated, TokenEvent
         from rxt_mlx.stm import save_stm
 
+        if self._was_cancelled(job):
+            return
         session = self._sessions.get(job.conversation_id)
         if session is None:
             raise RuntimeError(f"conversation {job.conversation_id} is not open (its memory could not be loaded)")
@@ -330,6 +361,9 @@ class InferenceWorker:
                 elif isinstance(event, AnswerDone):
                     with self._lock:
                         self._active_session = None
+                    if self._was_cancelled(job):  # the pending memory update goes with the Session
+                        self._sessions.pop(job.conversation_id, None)
+                        return
                     answer = event
                     self._post(
                         AnswerFinished(
@@ -359,3 +393,4 @@ class InferenceWorker:
         finally:
             with self._lock:
                 self._active_session = None
+                self._cancelled.discard((job.conversation_id, job.turn))  # a cancel that came too late

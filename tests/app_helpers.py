@@ -11,6 +11,7 @@ from pathlib import Path
 from rxt_app.controller import ChatController, ChatEvent
 from rxt_app.storage import Storage, TurnStats
 from rxt_app.worker import (
+    AnswerCancelled,
     AnswerFinished,
     InferenceWorker,
     SessionReady,
@@ -50,6 +51,7 @@ class ScriptedWorker:
         self.started: set[int] = set()
         self.forgotten: list[str] = []
         self.stops = 0
+        self.cancelled: list[tuple[str, int]] = []
         self.problem: str | None = None
 
     def open(self, conversation_id, turn, snapshots):
@@ -67,6 +69,12 @@ class ScriptedWorker:
 
     def stop(self):
         self.stops += 1
+
+    def cancel(self, conversation_id, turn):
+        """Cancelled before its first token: the worker skips or drops it and says so."""
+        self.cancelled.append((conversation_id, turn))
+        self.started.update(i for i, sent in enumerate(self.sent) if sent[:2] == (conversation_id, turn))
+        self.deliver(AnswerCancelled(conversation_id, turn))
 
     def drop_queued(self):
         dropped: dict[str, list[int]] = {}

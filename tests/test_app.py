@@ -18,7 +18,7 @@ from rxt_app.controller import ActionRefused, TurnFailed
 from rxt_app.storage import Storage
 from rxt_app.tui import ChatApp, run_app
 from rxt_app.widgets import MessageView
-from rxt_app.worker import AnswerFinished, InferenceWorker, ModelLoadError, TokenText, TurnSaved
+from rxt_app.worker import AnswerFinished, InferenceWorker, ModelLoadError, TokenText, TurnSaved, TurnStarted
 
 import rxt_mlx
 from rxt_mlx.session import AnswerDone, Session, TokenEvent
@@ -129,6 +129,36 @@ def test_worker_stop_keeps_and_memorizes_the_partial_answer(model_folder, tmp_pa
     expected = model.update_memory(model.initial_stm(batch=1, seed=0), interaction)
     stm, _ = load_stm(tmp_path / "1.safetensors", model_fingerprint=model.fingerprint)
     np.testing.assert_allclose(np.array(stm), np.array(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_worker_cancel_before_the_first_token_keeps_nothing(model_folder, tmp_path):
+    def cancel_when_started(worker, event):
+        if isinstance(event, TurnStarted) and event.turn == 1 and event.conversation_id == "c":
+            worker.cancel("c", 1)
+
+    def jobs(worker):
+        worker.open("c", 0, [])
+        worker.send("c", 1, "Hi, I'm Ann.", tmp_path / "1.safetensors")
+        worker.cancel("c", 2)  # still queued
+        worker.send("c", 2, "Hi again.", tmp_path / "2.safetensors")
+        worker.open("d", 0, [])
+        worker.send("d", 1, "What is my name?", tmp_path / "d1.safetensors")
+
+    events = run_worker(model_folder, jobs, cancel_when_started)
+    kinds = [(type(event).__name__, event.conversation_id, getattr(event, "turn", None)) for event in events]
+    kinds = [kind for kind in kinds if kind[0] != "TokenText"]
+    assert kinds == [
+        ("SessionReady", "c", 0),
+        ("TurnStarted", "c", 1),
+        ("AnswerCancelled", "c", 1),
+        ("AnswerCancelled", "c", 2),
+        ("SessionReady", "d", 0),
+        ("TurnStarted", "d", 1),
+        ("AnswerFinished", "d", 1),
+        ("TurnSaved", "d", 1),
+    ]
+    assert not (tmp_path / "1.safetensors").exists() and not (tmp_path / "2.safetensors").exists()
+    assert events[-1].answer == reference_answers(model_folder, ["What is my name?"])[0][0]
 
 
 def test_bad_model_folder_is_a_clear_error(tmp_path):

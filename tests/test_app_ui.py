@@ -11,7 +11,7 @@ from __future__ import annotations
 from rxt_app.storage import Storage, TurnStats
 from rxt_app.tui import SHOWN_TURNS, ChatApp
 from rxt_app.widgets import MessageView, StatusLine, bar, format_memory_panel, sparkline
-from rxt_app.worker import JobFailed
+from rxt_app.worker import JobFailed, TokenText, TurnStarted
 from textual import events
 
 from tests.app_helpers import FINGERPRINT, ScriptedWorker, wait_until
@@ -211,8 +211,11 @@ async def test_copy_export_help_palette_stop(tmp_path):
 
         await type_and_send(pilot, "tell me more")
         await wait_until(pilot, lambda: len(worker.sent) == 2)
+        worker.deliver(TurnStarted(app.current.id, 2))
+        worker.deliver(TokenText(app.current.id, 2, "par"))
+        await wait_until(pilot, lambda: transcript(app)[-1] == ("assistant", 2, "par"))
         await pilot.press("escape")
-        assert worker.stops == 1
+        assert worker.stops == 1 and worker.cancelled == []
         worker.answer(1, ["par", "tial"], stopped=True)
         await wait_until(pilot, lambda: memory_state(app) == "updating")
         answer = list(app.query(MessageView))[-1]
@@ -400,3 +403,24 @@ async def test_messages_typed_quickly_are_queued_not_merged(tmp_path):
         worker.answer(1, ["Eve"])
         await wait_until(pilot, lambda: len(worker.sent) == 3, what="the pasted message sent")
         assert worker.sent[2][2] == "line one\n# line two\nline three"
+
+
+async def test_escape_before_the_first_token_cancels_the_turn(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test(notifications=True) as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        await type_and_send(pilot, "never mind")
+        await wait_until(pilot, lambda: len(worker.sent) == 1 and len(transcript(app)) == 2)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: transcript(app) == [], timeout=5, what="the turn cancelled")
+        assert worker.cancelled == [(app.current.id, 1)]
+        assert app.query_one("#prompt").value == "never mind"
+        assert any("Cancelled" in text for text in notifications(app))
+        await wait_until(pilot, lambda: ready(app))
+        assert not worker.sent[0][3].exists() and app.current.turn_count == 0
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(worker.sent) == 2)
+        assert worker.sent[1][1:3] == (1, "never mind")
+        worker.answer(1, ["ok"])
+        await pilot.press("escape")  # after the first token: stops, keeps the answer
+        assert worker.cancelled == [(app.current.id, 1)]
