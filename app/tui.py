@@ -8,6 +8,7 @@ so the screen always shows the controller's state.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -181,10 +182,15 @@ class ChatApp(App[None]):
             self.shut_down()
 
     def report_failure(self, message: str, details: str) -> None:
-        """Log the traceback and show the error."""
-        if details:
-            self.log.error(details)
-        self.notify(message, title="Inference error", severity="error", timeout=10)
+        """Log the message and its traceback; show the error's sentence (without the exception's class name)."""
+        self.log.error(message, details)
+        sentence = re.sub(r"^\w+(Error|Exception): ", "", message)
+        self.notify(sentence, title="Inference error", severity="error", timeout=10)
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout=None, markup=False) -> None:
+        """Show a notification as plain text: the brackets of an error or a title are no markup
+        (``rich.markup.escape`` would leave ``[Q]`` and ``[A]`` to be eaten)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def is_current(self, conversation_id: str) -> bool:
         """Whether ``conversation_id`` is the conversation on screen."""

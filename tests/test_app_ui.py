@@ -424,3 +424,16 @@ async def test_escape_before_the_first_token_cancels_the_turn(tmp_path):
         worker.answer(1, ["ok"])
         await pilot.press("escape")  # after the first token: stops, keeps the answer
         assert worker.cancelled == [(app.current.id, 1)]
+
+
+async def test_an_error_shows_its_sentence_with_brackets_kept(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test(notifications=True) as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        await type_and_send(pilot, "hi")
+        await wait_until(pilot, lambda: len(worker.sent) == 1)
+        sentence = "the query does not fit the template ([Q]query[A] [bold]needs[/bold] 3 tokens)"
+        worker.deliver(JobFailed(app.current.id, 1, f"ValueError: {sentence}", "Traceback …"))
+        await wait_until(pilot, lambda: any("template" in text for text in notifications(app)), what="the error")
+        shown = next(text for text in notifications(app) if "template" in text)
+        assert sentence in shown and "ValueError" not in shown
