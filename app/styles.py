@@ -18,7 +18,7 @@ ConversationItem.foreign .title { color: $warning; }
 .message.user .role { color: $accent; }
 .message.assistant .role { color: $success; }
 .message.waiting { color: $text-muted; }
-.message Markdown { margin: 0; padding: 0 0 0 2; }
+.message .text { margin: 0; padding: 0 0 0 2; }
 #prompt { dock: bottom; }
 #memory { width: 34; height: 1fr; border-left: solid $primary-darken-2; padding: 0 1; }
 #status { height: 1; background: $primary-darken-2; color: $text; padding: 0 1; }

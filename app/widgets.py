@@ -67,7 +67,7 @@ class ConversationItem(ListItem):
 
 
 class MessageView(Vertical):
-    """One transcript entry: a role line and the text rendered as Markdown (streamed for live answers).
+    """One transcript entry: a role line and the text, plain for the user's, Markdown for answers (streamed).
 
     Clicking it posts :class:`MessageView.Chosen` (the fork dialog then proposes its turn).
     """
@@ -89,7 +89,10 @@ class MessageView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label(self.role_line(), classes="role")
-        yield Markdown(self.text)
+        if self.role == "user":
+            yield Static(self.text, markup=False, classes="text")  # as typed: a leading # is no heading
+        else:
+            yield Markdown(self.text, classes="text")
 
     def on_click(self) -> None:
         self.post_message(self.Chosen(self.turn))

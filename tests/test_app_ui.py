@@ -437,3 +437,14 @@ async def test_an_error_shows_its_sentence_with_brackets_kept(tmp_path):
         await wait_until(pilot, lambda: any("template" in text for text in notifications(app)), what="the error")
         shown = next(text for text in notifications(app) if "template" in text)
         assert sentence in shown and "ValueError" not in shown
+
+
+async def test_a_user_message_is_plain_text(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        await type_and_send(pilot, "# not a heading *nor emphasis*")
+        await wait_until(pilot, lambda: len(transcript(app)) == 2)
+        user = list(app.query(MessageView))[0]
+        assert not user.query("Markdown")
+        assert str(user.query_one(".text").render()) == "# not a heading *nor emphasis*"
