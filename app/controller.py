@@ -301,6 +301,15 @@ class ChatController:
         conversations = self.storage.conversations()
         return conversations[0] if conversations else self.create()
 
+    def empty_or_new(self) -> Conversation:
+        """An empty conversation of this model still called :data:`NEW_TITLE`, or a new one if there is
+        none: asking for new conversations again and again does not pile up empty ones."""
+        for conversation in self.storage.conversations():
+            unused = conversation.turn_count == 0 and conversation.title == NEW_TITLE
+            if unused and not self.state(conversation.id).live and self.read_only_reason(conversation) is None:
+                return conversation
+        return self.create()
+
     def create(self, title: str = NEW_TITLE) -> Conversation:
         """A new empty conversation bound to the loaded model."""
         conversation = self.storage.create_conversation(title, self.fingerprint)

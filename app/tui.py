@@ -372,7 +372,7 @@ class ChatApp(App[None]):
         self.query_one("#prompt", Input).focus()
 
     async def action_new_conversation(self) -> None:
-        await self.switch_to(self.controller.create().id)
+        await self.switch_to(self.controller.empty_or_new().id)
         self.focus_prompt()
 
     def action_rename(self) -> None:

@@ -448,3 +448,23 @@ async def test_a_user_message_is_plain_text(tmp_path):
         user = list(app.query(MessageView))[0]
         assert not user.query("Markdown")
         assert str(user.query_one(".text").render()) == "# not a heading *nor emphasis*"
+
+
+async def test_new_conversations_do_not_pile_up(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        await answered_turns(pilot, worker, ["first chat"])
+        first = app.current.id
+        for _ in range(3):
+            await pilot.press("ctrl+n")
+            await wait_until(pilot, lambda: app.current.id != first and ready(app))
+        empty = app.current.id
+        await app.switch_to(first)
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        await pilot.press("ctrl+n")
+        await wait_until(pilot, lambda: app.current.id == empty, timeout=5, what="the empty conversation reused")
+    titles = [conversation.title for conversation in Storage(tmp_path / "data").conversations()]
+    assert sorted(titles) == ["New conversation", "first chat"]
