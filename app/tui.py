@@ -32,6 +32,7 @@ from rxt_app.export import conversation_markdown, default_export_path
 from rxt_app.fork_screen import ForkScreen
 from rxt_app.help_screen import HelpScreen
 from rxt_app.prompt_screen import TextPromptScreen
+from rxt_app.settings import Settings
 from rxt_app.storage import Conversation, Storage, default_data_dir
 from rxt_app.styles import CHAT_CSS
 from rxt_app.widgets import ConversationItem, MemoryPanel, MessageView, PromptInput, StatusFigures, StatusLine
@@ -93,6 +94,8 @@ class ChatApp(App[None]):
     def __init__(self, worker: InferenceWorker, storage: Storage):
         super().__init__()
         self.controller = ChatController(worker, storage)
+        self.settings = Settings(storage.data_dir)
+        self.theme_restored = False  # until then, theme changes are the start's, not the user's
         self.pending: deque[ChatEvent] = deque()
         self.controller.subscribe(self.pending.append)
         self.current: Conversation | None = None
@@ -116,10 +119,19 @@ class ChatApp(App[None]):
         yield Footer()
 
     async def on_mount(self) -> None:
+        theme = self.settings.load().get("theme")
+        if theme in self.available_themes:
+            self.theme = theme
+        self.theme_restored = True
         self.query_one("#memory").display = False
         await self.refresh_list()
         await self.switch_to(self.controller.latest_or_new().id)
         self.focus_prompt()
+
+    def watch_theme(self, theme: str) -> None:
+        """Remember the chosen theme for the next start."""
+        if self.theme_restored:
+            self.settings.save("theme", theme)
 
     # ----- controller bridge
 

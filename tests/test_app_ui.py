@@ -468,3 +468,16 @@ async def test_new_conversations_do_not_pile_up(tmp_path):
         await wait_until(pilot, lambda: app.current.id == empty, timeout=5, what="the empty conversation reused")
     titles = [conversation.title for conversation in Storage(tmp_path / "data").conversations()]
     assert sorted(titles) == ["New conversation", "first chat"]
+
+
+async def test_the_theme_is_remembered(tmp_path):
+    app, _ = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        default = app.theme
+        app.theme = "nord" if default != "nord" else "gruvbox"
+        chosen = app.theme
+    app, _ = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        assert app.theme == chosen
