@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from rxt_app.storage import Conversation, TurnStats
@@ -170,13 +171,12 @@ def bar(value: float, scale: float, width: int = BAR_WIDTH) -> str:
 
 
 def sparkline(values: list[float]) -> str:
-    """One block character per value, scaled to the largest."""
-    top = max(values, default=0.0)
-    if top <= 0:
-        return SPARK_LEVELS[0] * len(values)
-    return "".join(
-        SPARK_LEVELS[min(len(SPARK_LEVELS) - 1, int(v / top * (len(SPARK_LEVELS) - 1) + 0.5))] for v in values
-    )
+    """One block character per value, from the smallest value (lowest block) to the largest."""
+    low, high = min(values, default=0.0), max(values, default=0.0)
+    if high <= low:
+        return SPARK_LEVELS[-1 if high > 0 else 0] * len(values)
+    top = len(SPARK_LEVELS) - 1
+    return "".join(SPARK_LEVELS[min(top, int((v - low) / (high - low) * top + 0.5))] for v in values)
 
 
 def format_memory_panel(history: list[tuple[float, ...]], state: str) -> str:
@@ -190,8 +190,10 @@ def format_memory_panel(history: list[tuple[float, ...]], state: str) -> str:
         scale = max(max(last), 1e-12)
         for layer, value in enumerate(last):
             lines.append(f"L{layer:<2} {bar(value, scale)} {value:.3f}")
-        means = [sum(turn) / len(turn) for turn in history if turn]
-        lines += ["", f"mean per turn ({len(means)})", sparkline(means[-24:])]
+        means = [sum(turn) / len(turn) for turn in history if turn][-24:]
+        # log scale: the first update (from the initial STM) is often 100 times the later ones
+        chart = sparkline([math.log10(max(mean, 1e-6)) for mean in means])
+        lines += ["", "mean per turn, log scale", chart, f"min {min(means):.2g} · max {max(means):.3g}"]
     lines += ["", f"memory: {state}"]
     return "\n".join(lines)
 

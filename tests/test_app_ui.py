@@ -481,3 +481,13 @@ async def test_the_theme_is_remembered(tmp_path):
     async with app.run_test() as pilot:
         await wait_until(pilot, lambda: ready(app))
         assert app.theme == chosen
+
+
+def test_memory_panel_chart_reads_later_turns():
+    history = [(61.3, 61.3), (0.8, 0.8), (0.2, 0.2), (0.5, 0.5)]
+    text = format_memory_panel(history, "ready")
+    assert "log scale" in text
+    chart = text.splitlines()[
+        text.splitlines().index(next(line for line in text.splitlines() if "log scale" in line)) + 1
+    ]
+    assert chart[0] == "█" and len(set(chart[1:])) == 3 and all(mark != "▁" for mark in chart[1:2] + chart[3:])
