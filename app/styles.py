@@ -2,7 +2,7 @@
 
 CHAT_CSS = """
 #body { height: 1fr; }
-#sidebar { width: 30; border-right: solid $primary-darken-2; }
+#sidebar { width: 25%; max-width: 30; min-width: 14; border-right: solid $primary-darken-2; }
 #sidebar .heading { text-style: bold; padding: 0 1; color: $accent; }
 #conversations { height: 1fr; }
 ConversationItem { padding: 0 1; }
@@ -21,7 +21,7 @@ ConversationItem.foreign .title { color: $warning; }
 .message .text { margin: 0; padding: 0 0 0 2; }
 #prompt { dock: bottom; }
 #memory { width: 34; height: 1fr; border-left: solid $primary-darken-2; padding: 0 1; }
-#status { height: 1; background: $primary-darken-2; color: $text; padding: 0 1; }
+#status { height: auto; background: $primary-darken-2; color: $text; padding: 0 1; }
 .dialog-screen { align: center middle; }
 .dialog { width: 70; max-width: 95%; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
 .dialog .buttons { height: auto; margin-top: 1; }
@@ -29,4 +29,5 @@ ConversationItem.foreign .title { color: $warning; }
 .dialog #error { color: $error; }
 .dialog.help { width: 100; max-width: 95%; }
 .dialog .heading { text-style: bold; margin-bottom: 1; }
+.dialog Label { width: 100%; }
 """

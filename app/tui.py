@@ -66,12 +66,12 @@ class ChatApp(App[None]):
     TITLE = "rxt-chat"
     BINDINGS = [
         Binding("ctrl+n", "new_conversation", "New"),
-        Binding("f2", "rename", "Rename"),
-        Binding("f8", "delete", "Delete"),
+        Binding("f2", "rename", "Rename", show=False),  # the footer fits 80 columns; F1 and ctrl+p list all
+        Binding("f8", "delete", "Delete", show=False),
         Binding("ctrl+z", "rewind", "Rewind"),
         Binding("ctrl+f", "fork", "Fork"),
-        Binding("ctrl+y", "copy_answer", "Copy answer"),
-        Binding("ctrl+s", "export", "Export"),
+        Binding("ctrl+y", "copy_answer", "Copy answer", show=False),
+        Binding("ctrl+s", "export", "Export", show=False),
         Binding("ctrl+t", "toggle_memory", "Memory panel"),
         Binding("ctrl+b", "toggle_sidebar", "Conversations", show=False),
         Binding("escape", "stop", "Stop", show=False),

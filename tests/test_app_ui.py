@@ -8,6 +8,7 @@ tests/test_controller.py; tests/test_app.py runs the app once on a real tiny mod
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rxt_app.storage import Storage, TurnStats
 from rxt_app.tui import SHOWN_TURNS, ChatApp
 from rxt_app.widgets import MessageView, StatusLine, bar, format_memory_panel, sparkline
@@ -300,10 +301,10 @@ async def test_a_failed_turn_is_reported_and_its_query_given_back(tmp_path):
         assert worker.opened[-1] == (app.current.id, 0)  # memory reloaded from the last commit
 
 
-def stored_conversation(tmp_path, turns: int, answer: str = "a") -> str:
+def stored_conversation(tmp_path, turns: int, answer: str = "a", title: str = "stored") -> str:
     """A stored conversation of ``turns`` turns made by the scripted model; returns its id."""
     storage = Storage(tmp_path / "data")
-    conversation = storage.create_conversation("stored", FINGERPRINT)
+    conversation = storage.create_conversation(title, FINGERPRINT)
     for turn in range(1, turns + 1):
         path = storage.snapshot_path(conversation.id, turn)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -491,3 +492,31 @@ def test_memory_panel_chart_reads_later_turns():
         text.splitlines().index(next(line for line in text.splitlines() if "log scale" in line)) + 1
     ]
     assert chart[0] == "█" and len(set(chart[1:])) == 3 and all(mark != "▁" for mark in chart[1:2] + chart[3:])
+
+
+def fits(widget, text: str) -> bool:
+    """Whether ``text`` fits in the cells the widget has on screen (it is not cut)."""
+    inside = widget.region.right <= widget.parent.region.right
+    return inside and cell_len(text) <= widget.content_size.width * widget.content_size.height
+
+
+async def test_small_terminals_cut_nothing(tmp_path):
+    stored_conversation(tmp_path, 14, title="A title of forty characters, as named..")
+    app, _ = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        footer = app.query_one("Footer")
+        keys = list(footer.query("FooterKey"))
+        await wait_until(pilot, lambda: keys and keys[-1].region.width > 0)
+        assert all(key.region.right <= footer.region.right for key in keys), [k.region for k in keys]
+        await pilot.press("ctrl+f")
+        await wait_until(pilot, lambda: screen_name(app) == "ForkScreen")
+        hint = app.screen.query("Label").first()
+        assert "14 = now)" in app.screen.prompt and fits(hint, app.screen.prompt)
+    app, _ = make_app(tmp_path)
+    async with app.run_test(size=(60, 15)) as pilot:
+        await wait_until(pilot, lambda: ready(app) and app.current.turn_count == 14)
+        assert app.query_one("#sidebar").size.width < 30
+        status = app.query_one(StatusLine)
+        text = str(status.render())
+        assert "memory: ready" in text and fits(status, text)
