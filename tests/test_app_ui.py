@@ -51,6 +51,30 @@ async def type_and_send(pilot, text: str) -> None:
     await pilot.press("enter")
 
 
+def stored_conversation(tmp_path, turns: int, answer: str = "a", title: str = "stored") -> str:
+    """A stored conversation of ``turns`` turns (query ``q{turn}``, answer ``{answer}{turn}``); returns its id."""
+    storage = Storage(tmp_path / "data")
+    conversation = storage.create_conversation(title, FINGERPRINT)
+    for turn in range(1, turns + 1):
+        path = storage.snapshot_path(conversation.id, turn)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"stm")
+        storage.commit_turn(conversation.id, turn, f"q{turn}", f"{answer}{turn}", TurnStats(1, 0.0, 0.0, 0.0, 0.0))
+    storage.close()
+    return conversation.id
+
+
+async def two_conversations(pilot, worker) -> str:
+    """One answered turn, then ctrl+n: the app shows a new conversation; returns the first one's id."""
+    app = pilot.app
+    await wait_until(pilot, lambda: ready(app))
+    await answered_turns(pilot, worker, ["first chat"])
+    first = app.current.id
+    await pilot.press("ctrl+n")
+    await wait_until(pilot, lambda: app.current.id != first and ready(app))
+    return first
+
+
 async def test_stream_update_and_queue_behind_memory_update(tmp_path):
     app, worker = make_app(tmp_path)
     async with app.run_test() as pilot:
@@ -245,11 +269,7 @@ async def test_quit_waits_for_memory_update(tmp_path):
 async def test_rename_and_switch_from_the_list(tmp_path):
     app, worker = make_app(tmp_path)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: ready(app))
-        await answered_turns(pilot, worker, ["first chat"])
-        first = app.current.id
-        await pilot.press("ctrl+n")
-        await wait_until(pilot, lambda: app.current.id != first and ready(app))
+        first = await two_conversations(pilot, worker)
         second = app.current.id
         assert transcript(app) == []
 
@@ -270,14 +290,7 @@ async def test_rename_and_switch_from_the_list(tmp_path):
 
 
 async def test_long_transcript_shows_the_last_turns(tmp_path):
-    storage = Storage(tmp_path / "data")
-    conversation = storage.create_conversation("long", FINGERPRINT)
-    for turn in range(1, SHOWN_TURNS + 6):
-        path = storage.snapshot_path(conversation.id, turn)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"stm")
-        storage.commit_turn(conversation.id, turn, f"q{turn}", f"a{turn}", TurnStats(1, 0.0, 0.0, 0.0, 0.0))
-    storage.close()
+    stored_conversation(tmp_path, SHOWN_TURNS + 5)
     app, _ = make_app(tmp_path)
     async with app.run_test() as pilot:
         await wait_until(pilot, lambda: ready(app))
@@ -301,19 +314,6 @@ async def test_a_failed_turn_is_reported_and_its_query_given_back(tmp_path):
         assert worker.opened[-1] == (app.current.id, 0)  # memory reloaded from the last commit
 
 
-def stored_conversation(tmp_path, turns: int, answer: str = "a", title: str = "stored") -> str:
-    """A stored conversation of ``turns`` turns made by the scripted model; returns its id."""
-    storage = Storage(tmp_path / "data")
-    conversation = storage.create_conversation(title, FINGERPRINT)
-    for turn in range(1, turns + 1):
-        path = storage.snapshot_path(conversation.id, turn)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"stm")
-        storage.commit_turn(conversation.id, turn, f"q{turn}", f"{answer} {turn}", TurnStats(1, 0.0, 0.0, 0.0, 0.0))
-    storage.close()
-    return conversation.id
-
-
 def scrolled_to_end(app) -> bool:
     transcript_view = app.query_one("#transcript")
     last = list(app.query(MessageView))[-1]
@@ -326,6 +326,7 @@ def scrolled_to_end(app) -> bool:
 
 async def test_opening_a_conversation_lands_at_the_end(tmp_path):
     paragraphs = "\n\n".join(f"paragraph {n}, long enough to wrap over a narrow transcript column" for n in range(6))
+    paragraphs += "\n\nturn "
     stored_conversation(tmp_path, 12, paragraphs)
     app, _ = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -342,11 +343,7 @@ async def test_opening_a_conversation_lands_at_the_end(tmp_path):
 async def test_focus_returns_to_the_input_after_the_list_and_the_fork_dialog(tmp_path):
     app, worker = make_app(tmp_path)
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: ready(app))
-        await answered_turns(pilot, worker, ["first chat"])
-        first = app.current.id
-        await pilot.press("ctrl+n")
-        await wait_until(pilot, lambda: app.current.id != first and ready(app))
+        first = await two_conversations(pilot, worker)
         await pilot.press("tab")
         await wait_until(pilot, lambda: app.focused is app.query_one("#conversations"))
         await pilot.press("down", "enter")
