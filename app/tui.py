@@ -87,7 +87,7 @@ class ChatApp(App[None]):
         "export": ("Export to Markdown", "Write the conversation to a Markdown file"),
         "toggle_memory": ("Toggle memory panel", "Show/hide how much each STM layer changed"),
         "toggle_sidebar": ("Toggle conversation list", "Show/hide the conversation list"),
-        "stop": ("Stop generating", "Stop the answer; the partial answer is kept and memorized"),
+        "stop": ("Stop generating", "Stop the answer (the partial answer is kept and memorized); before it, cancel"),
         "help": ("Help", "Show the keybindings"),
     }
 
