@@ -500,6 +500,7 @@ class ChatApp(App[None]):
         rows = [(binding.key, self.ACTION_HELP[binding.action][1]) for binding in self.BINDINGS]
         rows += [
             ("enter", "Send the message"),
+            ("ctrl+j", "A new line in the message (a pasted text keeps its lines)"),
             ("tab / shift+tab", "Move focus (conversation list, input)"),
             ("up / down, enter", "In the list: choose a conversation"),
             ("click a message", "Propose its turn in the fork dialog"),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from rxt_app.storage import Conversation, TurnStats
 from textual import events
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, ListItem, Markdown, Static
@@ -21,8 +22,13 @@ NEWLINE_MARK = "⏎"
 
 class PromptInput(Input):
     """The message input. Enter submits and empties it in the order of the keys (the keys typed
-    after it make the next message, even before the app has taken this one); a pasted text keeps
-    all its lines, shown as ⏎."""
+    after it make the next message, even before the app has taken this one); ctrl+j starts a new
+    line, and a pasted text keeps all its lines, both shown as ⏎."""
+
+    BINDINGS = [Binding("ctrl+j", "new_line", "New line", show=False)]
+
+    def action_new_line(self) -> None:
+        self.insert_text_at_cursor(NEWLINE_MARK)
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":

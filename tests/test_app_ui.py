@@ -517,3 +517,13 @@ async def test_small_terminals_cut_nothing(tmp_path):
         status = app.query_one(StatusLine)
         text = str(status.render())
         assert "memory: ready" in text and fits(status, text)
+
+
+async def test_ctrl_j_starts_a_new_line_of_the_message(tmp_path):
+    app, worker = make_app(tmp_path)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: ready(app))
+        await pilot.press(*"one", "ctrl+j", *"two", "enter")
+        await wait_until(pilot, lambda: len(worker.sent) == 1)
+        assert worker.sent[0][2] == "one\ntwo"
+        assert str(list(app.query(MessageView))[0].query_one(".text").render()) == "one\ntwo"
