@@ -10,29 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from rxt_app.command_line import add_sampling_arguments, model_folder, sampling_from_arguments
+
 from rxt_mlx.errors import command
 from rxt_mlx.sampling import SamplingOptions
-
-
-def demo_model_dir() -> Path:
-    """The bundled demo model folder (package data of rxt_mlx)."""
-    import rxt_mlx
-
-    return Path(rxt_mlx.__file__).parent / "demo"
-
-
-def model_folder_problem(folder: Path, is_demo: bool) -> str | None:
-    """Why ``folder`` cannot be an MLX model folder, or None if it looks like one.
-
-    A quick check before anything heavy is imported; loading reports the finer problems.
-    """
-    where = f"the bundled demo model ({folder})" if is_demo else f"model folder {folder}"
-    if not folder.is_dir():
-        return f"{where} does not exist"
-    if not (folder / "config.json").is_file():
-        hint = "; pass --model DIR" if is_demo else " (expected an MLX model folder made by rxt-convert)"
-        return f"{where} has no config.json{hint}"
-    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,15 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plain", action="store_true", help="read one query per stdin line, print answers to stdout")
     parser.add_argument("--stm", type=Path, help="--plain: memory file, resumed at start and saved after each turn")
     parser.add_argument("--system", metavar="PROMPT", help="--plain: system prompt written into a new memory")
-    sampling = parser.add_argument_group("sampling")
-    defaults = SamplingOptions()
-    sampling.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="most tokens per answer")
-    sampling.add_argument("--temperature", type=float, default=defaults.temperature, help="0 is greedy")
-    sampling.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus mass in (0, 1]")
-    sampling.add_argument("--top-k", type=int, default=defaults.top_k, help="0 disables it")
-    sampling.add_argument("--min-p", type=float, default=defaults.min_p, help="in [0, 1); 0 disables it")
-    sampling.add_argument("--repetition-penalty", type=float, default=None, help="> 0; unset disables it")
-    sampling.add_argument("--seed", type=int, default=None, help="random seed of sampling")
+    add_sampling_arguments(parser)
     return parser
 
 
@@ -70,28 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.plain and (args.stm or args.system):
         parser.error("--stm and --system work with --plain (the chat app keeps its own memory files)")
-    try:
-        sampling = SamplingOptions(
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            min_p=args.min_p,
-            repetition_penalty=args.repetition_penalty,
-            seed=args.seed,
-        )
-    except ValueError as error:
-        parser.error(str(error))
-    from rxt_mlx.hub import HubError, model_argument
-
-    try:
-        model_dir = model_argument(args.model) or demo_model_dir()
-    except HubError as error:
-        print(f"rxt-chat: {error}", file=sys.stderr)
-        return 2
-    problem = model_folder_problem(model_dir, is_demo=args.model is None)
-    if problem:
-        print(f"rxt-chat: {problem}", file=sys.stderr)
+    sampling = sampling_from_arguments(args, parser)
+    model_dir = model_folder("rxt-chat", args.model)
+    if model_dir is None:
         return 2
     if args.plain:
         from rxt_app.plain import run_plain

@@ -39,11 +39,30 @@ def sampling_from_arguments(args: argparse.Namespace, parser: argparse.ArgumentP
         parser.error(str(error))
 
 
+def demo_model_dir() -> Path:
+    """The bundled demo model folder (package data of rxt_mlx)."""
+    import rxt_mlx
+
+    return Path(rxt_mlx.__file__).parent / "demo"
+
+
+def model_folder_problem(folder: Path, is_demo: bool) -> str | None:
+    """Why ``folder`` cannot be an MLX model folder, or None if it looks like one.
+
+    A quick check before anything heavy is imported; loading reports the finer problems.
+    """
+    where = f"the bundled demo model ({folder})" if is_demo else f"model folder {folder}"
+    if not folder.is_dir():
+        return f"{where} does not exist"
+    if not (folder / "config.json").is_file():
+        hint = "; pass --model DIR" if is_demo else " (expected an MLX model folder made by rxt-convert)"
+        return f"{where} has no config.json{hint}"
+    return None
+
+
 def model_folder(prog: str, argument: str | None) -> Path | None:
     """The model folder of ``--model`` (a folder or a Hub repo id; the bundled demo when None), or
     None after printing why there is none usable (``prog: reason`` on stderr)."""
-    from rxt_app.cli import demo_model_dir, model_folder_problem
-
     from rxt_mlx.hub import HubError, model_argument
 
     try:

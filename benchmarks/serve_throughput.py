@@ -120,7 +120,7 @@ def main() -> int:
     from rxt_mlx.blas import preload_optimised_blas
 
     preload_optimised_blas()
-    from rxt_app.cli import demo_model_dir
+    from rxt_app.command_line import demo_model_dir
 
     model_dir = args.model or demo_model_dir()
     counts = [int(count) for count in args.streams.split(",")]
