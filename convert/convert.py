@@ -421,25 +421,24 @@ def manage_cache(list_models: bool, delete: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``rxt-convert``; returns 0, or exits with status 1 and a message naming the problem."""
+    """``rxt-convert``'s work; returns 0. Bad input raises the project's errors (:class:`RxTError`),
+    which the console entry point (:func:`rxt_convert.cli.convert`) reports as one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.list or args.delete:
-            if args.source or args.output:
-                parser.error("--list and --delete take no SRC or OUT")
-            manage_cache(args.list, args.delete)
-            return 0
-        options = options_from(parser, args)
-        if options.output is None:
-            print(convert_into_cache(options))
-        else:
-            print(f"wrote {convert(fetch_hub_sources(options))}")
-    except RxTError as error:
-        print(f"rxt-convert: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    if args.list or args.delete:
+        if args.source or args.output:
+            parser.error("--list and --delete take no SRC or OUT")
+        manage_cache(args.list, args.delete)
+        return 0
+    options = options_from(parser, args)
+    if options.output is None:
+        print(convert_into_cache(options))
+    else:
+        print(f"wrote {convert(fetch_hub_sources(options))}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m rxt_convert.convert: as rxt-convert, errors as one line
+    from rxt_convert.cli import convert as run_convert
+
+    sys.exit(run_convert())

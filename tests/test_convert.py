@@ -13,7 +13,7 @@ import pytest
 import torch
 from rxt_convert import canonical
 from rxt_convert.canonical import CanonicalError
-from rxt_convert.convert import main
+from rxt_convert.cli import convert as convert_command
 from rxt_convert.reference import RxTReference
 from rxt_convert.reference.checkpoint import load_reference, save_rxlm
 from rxt_convert.reference.testing import randomize_
@@ -44,7 +44,7 @@ def store_of(state: dict[str, torch.Tensor]) -> TensorStore:
 def run_cli(argv, capsys) -> tuple[int, str]:
     """Run rxt-convert in-process; returns (exit status, stdout + stderr)."""
     try:
-        status = main([str(arg) for arg in argv])
+        status = convert_command([str(arg) for arg in argv])
     except SystemExit as exit_:
         status = exit_.code
     captured = capsys.readouterr()

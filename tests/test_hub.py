@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rxt_convert.convert import main as convert_main
+from rxt_convert.cli import convert as convert_command
 from rxt_convert.reference.checkpoint import save_rxlm
 
 import rxt_mlx
@@ -80,7 +80,7 @@ def cached_names(hub: LocalHub) -> list[str]:
 
 def run_convert(argv, capsys) -> tuple[int, str, str]:
     try:
-        status = convert_main([str(arg) for arg in argv])
+        status = convert_command([str(arg) for arg in argv])
     except SystemExit as exit_:
         status = exit_.code
     captured = capsys.readouterr()
