@@ -53,6 +53,8 @@ SNAPSHOT_SUFFIX = ".safetensors"
 WRITERS_FOLDER = "writers"
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long a transaction waits for another process's transaction to end."""
+DELETED_KEPT_SECONDS = 60.0
+"""A conversation marked deleted (undo still possible) is purged by the first open after this long."""
 MAX_TURN = 2**62
 _CONVERSATION_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -108,9 +110,26 @@ MIGRATIONS: tuple[str, ...] = (
         FROM messages JOIN conversations ON conversations.id = messages.conversation_id
         WHERE messages.role = 'assistant' AND messages.turn <= conversations.turn_count;
     """,
+    """
+    ALTER TABLE conversations ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE conversations ADD COLUMN deleted_at TEXT;
+    CREATE VIRTUAL TABLE message_search USING fts5(text, content='messages', content_rowid='id');
+    INSERT INTO message_search (rowid, text) SELECT id, text FROM messages;
+    CREATE TRIGGER message_search_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO message_search (rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER message_search_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO message_search (message_search, rowid, text) VALUES ('delete', old.id, old.text);
+    END;
+    CREATE TRIGGER message_search_update AFTER UPDATE OF text ON messages BEGIN
+        INSERT INTO message_search (message_search, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO message_search (rowid, text) VALUES (new.id, new.text);
+    END;
+    """,
 )
-"""Schema scripts, applied in order; ``PRAGMA user_version`` counts those applied. Statements are
-separated by ``;`` (none holds one inside)."""
+"""Schema scripts, applied in order; ``PRAGMA user_version`` counts those applied. Schema 3 adds
+per-conversation settings (JSON), soft deletion (``deleted_at``: hidden, made final later) and the
+full-text index of messages, which triggers keep in step with every insert and delete, by any process."""
 
 
 def default_data_dir() -> Path:
@@ -161,6 +180,28 @@ class Conversation:
 
 
 @dataclass(frozen=True)
+class RewoundTurn:
+    """A turn dropped by :meth:`Storage.rewind_keeping`, with what committing it again takes."""
+
+    turn: int
+    query: str
+    answer: str
+    stats: TurnStats
+    snapshot: Path
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A message that matches a search: where it is, and the words around the match."""
+
+    conversation_id: str
+    title: str
+    turn: int
+    role: str
+    snippet: str
+
+
+@dataclass(frozen=True)
 class Message:
     """One user query or assistant answer; ``stats`` only on answers."""
 
@@ -176,8 +217,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+_CONVERSATION_FIELDS = frozenset(Conversation.__dataclass_fields__)
+
+
 def _conversation(row: sqlite3.Row) -> Conversation:
-    return Conversation(**{key: row[key] for key in row.keys()})
+    return Conversation(**{key: row[key] for key in row.keys() if key in _CONVERSATION_FIELDS})
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration script (a trigger's body keeps its inner ``;``)."""
+    statement = ""
+    for part in script.split(";"):
+        statement += part + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                yield statement
+            statement = ""
 
 
 def _message(row: sqlite3.Row) -> Message:
@@ -321,14 +376,15 @@ class Storage:
                     f"{len(MIGRATIONS)}; it was written by a newer version"
                 )
             for number in range(version, len(MIGRATIONS)):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(MIGRATIONS[number]):
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number + 1}")
 
     def _row(self, db: sqlite3.Connection, conversation_id: object) -> sqlite3.Row:
         conversation_id = self._checked_id(conversation_id)
-        row = db.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        row = db.execute(
+            "SELECT * FROM conversations WHERE id = ? AND deleted_at IS NULL", (conversation_id,)
+        ).fetchone()
         if row is None:
             raise StorageError(f"no conversation with id {conversation_id!r} in {self.database_path}")
         return row
@@ -434,6 +490,7 @@ class Storage:
                 if not kept and temp_file_target(path.name) is None:
                     removed.append(_remove(path))
         self._writer_lock.remove_dead()
+        self.purge_deleted(DELETED_KEPT_SECONDS)
         return removed
 
     # ----- conversations
@@ -459,7 +516,9 @@ class Storage:
     def conversations(self) -> list[Conversation]:
         """All conversations, most recently updated first."""
         with self._transaction(write=False) as db:
-            rows = db.execute("SELECT * FROM conversations ORDER BY updated_at DESC, rowid DESC").fetchall()
+            rows = db.execute(
+                "SELECT * FROM conversations WHERE deleted_at IS NULL ORDER BY updated_at DESC, rowid DESC"
+            ).fetchall()
         return [_conversation(row) for row in rows]
 
     def messages(self, conversation_id: str) -> list[Message]:
@@ -549,14 +608,50 @@ class Storage:
 
     def rewind_to(self, conversation_id: str, turn: int) -> Conversation:
         """Drop every turn after ``turn`` (messages and snapshot records, then their files)."""
+        return self._rewind(conversation_id, turn, keep=False)[0]
+
+    def rewind_keeping(self, conversation_id: str, turn: int) -> tuple[Conversation, list[RewoundTurn]]:
+        """Drop every turn after ``turn`` but keep them to be committed again (redo).
+
+        Their snapshot files become pending for this writer (kept while it lives, as a turn in
+        flight is); :meth:`commit_turn` takes them back, :meth:`discard_snapshot` drops them.
+        """
+        return self._rewind(conversation_id, turn, keep=True)
+
+    def _rewind(self, conversation_id: str, turn: int, keep: bool) -> tuple[Conversation, list[RewoundTurn]]:
         turn = _turn(turn)
         with self._transaction() as db:
             current = _conversation(self._row(db, conversation_id)).turn_count
             if turn > current:
                 raise StorageError(f"cannot rewind conversation {conversation_id} at turn {current} to turn {turn}")
             dropped = db.execute(
-                "SELECT file FROM snapshots WHERE conversation_id = ? AND turn > ?", (conversation_id, turn)
+                "SELECT turn, file FROM snapshots WHERE conversation_id = ? AND turn > ? ORDER BY turn",
+                (conversation_id, turn),
             ).fetchall()
+            kept: list[RewoundTurn] = []
+            if keep:
+                rows = db.execute(
+                    "SELECT * FROM messages WHERE conversation_id = ? AND turn > ? ORDER BY turn, role DESC",
+                    (conversation_id, turn),
+                ).fetchall()
+                messages = [_message(row) for row in rows]
+                files = dict(tuple(row) for row in dropped)
+                kept = [
+                    RewoundTurn(
+                        user.turn,
+                        user.text,
+                        answer.text,
+                        answer.stats,
+                        self.snapshot_root / conversation_id / files[user.turn],
+                    )
+                    for user, answer in zip(messages[::2], messages[1::2], strict=True)
+                    if answer.stats is not None and user.turn in files
+                ]
+                db.executemany(
+                    "INSERT INTO pending_snapshots (conversation_id, file, turn, writer, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(conversation_id, rewound.snapshot.name, rewound.turn, self.writer, _now()) for rewound in kept],
+                )
             if turn < current:
                 db.execute("DELETE FROM messages WHERE conversation_id = ? AND turn > ?", (conversation_id, turn))
                 db.execute("DELETE FROM snapshots WHERE conversation_id = ? AND turn > ?", (conversation_id, turn))
@@ -565,9 +660,11 @@ class Storage:
                     (turn, _now(), conversation_id),
                 )
             conversation = _conversation(self._row(db, conversation_id))
-        for (file,) in dropped:
-            (self.snapshot_root / conversation_id / file).unlink(missing_ok=True)
-        return conversation
+        kept_files = {rewound.snapshot.name for rewound in kept}
+        for _, file in dropped:
+            if file not in kept_files:
+                (self.snapshot_root / conversation_id / file).unlink(missing_ok=True)
+        return conversation, kept
 
     def rewind(self, conversation_id: str) -> Conversation:
         """Undo the last turn."""
@@ -663,6 +760,70 @@ class Storage:
         with self._transaction() as db:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
         shutil.rmtree(self.snapshot_root / conversation_id, ignore_errors=True)
+
+    def mark_deleted(self, conversation_id: str) -> None:
+        """Hide a conversation as deleted, for now: :meth:`restore` brings it back, :meth:`purge_deleted`
+        (or the next open, :data:`DELETED_KEPT_SECONDS` later) makes it final."""
+        with self._transaction() as db:
+            self._row(db, conversation_id)
+            db.execute("UPDATE conversations SET deleted_at = ? WHERE id = ?", (_now(), conversation_id))
+
+    def restore(self, conversation_id: str) -> Conversation:
+        """Bring back a conversation hidden by :meth:`mark_deleted` (StorageError once it is purged)."""
+        conversation_id = self._checked_id(conversation_id)
+        with self._transaction() as db:
+            db.execute("UPDATE conversations SET deleted_at = NULL WHERE id = ?", (conversation_id,))
+            return _conversation(self._row(db, conversation_id))
+
+    def purge_deleted(self, older_than_seconds: float = 0.0, conversation_id: str | None = None) -> list[str]:
+        """Delete for good the conversations marked deleted ``older_than_seconds`` ago or earlier
+        (only ``conversation_id``, when given); returns their ids."""
+        cutoff = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() - older_than_seconds, timezone.utc)
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id FROM conversations WHERE deleted_at IS NOT NULL AND deleted_at <= ?"
+                " AND id = coalesce(?, id)",
+                (cutoff.isoformat(timespec="microseconds"), conversation_id),
+            ).fetchall()
+            purged = [row[0] for row in rows]
+            db.executemany("DELETE FROM conversations WHERE id = ?", [(purged_id,) for purged_id in purged])
+        for purged_id in purged:
+            shutil.rmtree(self.snapshot_root / purged_id, ignore_errors=True)
+        return purged
+
+    def settings(self, conversation_id: str) -> dict:
+        """A conversation's settings (what the front end saved with :meth:`save_settings`; {} if none)."""
+        with self._transaction(write=False) as db:
+            return json.loads(self._row(db, conversation_id)["settings"])
+
+    def save_settings(self, conversation_id: str, settings: dict) -> None:
+        """Store a conversation's settings (a JSON object)."""
+        try:
+            text = json.dumps(settings, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise StorageError(f"conversation settings must be a JSON object of plain values: {error}") from None
+        with self._transaction() as db:
+            self._row(db, conversation_id)
+            db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (text, conversation_id))
+
+    def search(self, text: str, limit: int = 50) -> list[SearchHit]:
+        """Messages of all conversations (not those deleted) holding every word of ``text`` (a word
+        may be the start of a longer one), best matches first."""
+        words = re.findall(r"\w+", _text(text, "search text"))
+        if not words:
+            return []
+        match = " ".join(f'"{word}"*' for word in words)
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT messages.conversation_id, conversations.title, messages.turn, messages.role,"
+                " snippet(message_search, 0, '', '', '…', 10)"
+                " FROM message_search JOIN messages ON messages.id = message_search.rowid"
+                " JOIN conversations ON conversations.id = messages.conversation_id"
+                " WHERE message_search MATCH ? AND conversations.deleted_at IS NULL"
+                " ORDER BY rank LIMIT ?",
+                (match, limit),
+            ).fetchall()
+        return [SearchHit(*row) for row in rows]
 
 
 def _listing(root: Path) -> dict[Path, list[Path] | None]:
