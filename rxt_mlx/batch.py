@@ -2,11 +2,13 @@
 
 Each row is one answer with its own STM (its projected memory, see
 :meth:`rxt_mlx.decoder.Decoder.project_memory`), its own prompt and its own positions. A row is
-prefilled alone, exactly as :class:`rxt_mlx.session.Session` prefills; then its self-attention
-keys/values are copied into the batch's buffers, where every row writes its next token at its
-own position under a mask of its own filled positions. Rows are never padded on the left: the
-memory cross-attention rotates queries by the token's position, so shifted positions would
-change the answer. Rows leave when their answer ends, and new rows can join between steps.
+prefilled as :class:`rxt_mlx.session.Session` prefills (rows joining together in one call, their
+prompts padded on the right); then its self-attention keys/values are copied into the batch's
+buffers, where every row writes its next token at its own position under a mask of its own
+filled positions. Rows are never padded on the left: the memory cross-attention rotates queries
+by the token's position, so shifted positions would change the answer. Rows leave when their
+answer ends, and new rows can join between steps. :func:`update_memories` runs the memory
+updates of answers that ended together as one batch.
 
 Greedy answers decoded in a batch are the ones a Session decodes alone (each row's numbers go
 through the same operations; tests/test_batch.py checks it).
@@ -74,26 +76,37 @@ class DecodeBatch:
 
     def add(self, prompt: list[int], memory: MemoryKV) -> mx.array:
         """Prefill a new row (alone) and add it last; returns its next-token logits (1, vocab)."""
+        return self.add_rows([prompt], [memory])
+
+    def add_rows(self, prompts: list[list[int]], memories: list[MemoryKV]) -> mx.array:
+        """Prefill new rows together and add them last, in order; returns their next-token logits (n, vocab).
+
+        The prompts are padded on the right to the longest: a causal prefill never lets a token
+        see the padding after it, and each row's mask in the later steps covers its own prompt
+        only, so each row gets what it gets prefilled alone. One row is prefilled exactly as
+        :class:`~rxt_mlx.session.Session` does.
+        """
+        lengths = [len(prompt) for prompt in prompts]
+        longest = max(lengths)
+        ids = mx.array([prompt + [0] * (longest - len(prompt)) for prompt in prompts], dtype=mx.uint32)
+        memory = memories[0] if len(memories) == 1 else concatenated_rows(memories)
         cache = self.decoder.make_cache()
-        ids = mx.array(prompt, dtype=mx.uint32)[None]
-        logits = self.decoder(ids, cache=cache, memory=memory)[:, -1, : self.vocab]
-        length = len(prompt)
-        needed = max([length, *self.offsets]) + 1
+        logits = self.decoder(ids, cache=cache, memory=memory)
+        last = mx.array(lengths, dtype=mx.int32).reshape(-1, 1, 1) - 1
+        logits = mx.take_along_axis(logits, last, axis=1)[:, 0, : self.vocab]
+        needed = max([longest, *self.offsets]) + 1
         self._reserve(needed)
         capacity = max(self.capacity, -(-needed // CACHE_STEP) * CACHE_STEP)
-        row_keys = [_padded(layer.keys[..., :length, :], capacity) for layer in cache]
-        row_values = [_padded(layer.values[..., :length, :], capacity) for layer in cache]
+        row_keys = [_padded(layer.keys[..., :longest, :], capacity) for layer in cache]
+        row_values = [_padded(layer.values[..., :longest, :], capacity) for layer in cache]
         if self._buffers is None:
             self._buffers = _Buffers(row_keys, row_values)
             self._memory = list(memory)
         else:
             self._buffers.keys = [mx.concatenate(pair) for pair in zip(self._buffers.keys, row_keys, strict=True)]
             self._buffers.values = [mx.concatenate(p) for p in zip(self._buffers.values, row_values, strict=True)]
-            self._memory = [
-                (mx.concatenate([keys, row[0]]), mx.concatenate([values, row[1]]))
-                for (keys, values), row in zip(self._memory, memory, strict=True)
-            ]
-        self.offsets.append(length)
+            self._memory = concatenated_rows([self._memory, memory])
+        self.offsets.extend(lengths)
         return logits
 
     def remove(self, index: int) -> None:
@@ -139,6 +152,32 @@ class DecodeBatch:
         capacity = -(-length // CACHE_STEP) * CACHE_STEP
         self._buffers.keys = [_padded(keys, capacity) for keys in self._buffers.keys]
         self._buffers.values = [_padded(values, capacity) for values in self._buffers.values]
+
+
+def concatenated_rows(memories: list[MemoryKV]) -> MemoryKV:
+    """The projected memories of several rows as one batch: each layer's keys and values concatenated."""
+    return [
+        (mx.concatenate([keys for keys, _ in layer]), mx.concatenate([values for _, values in layer]))
+        for layer in zip(*memories, strict=True)
+    ]
+
+
+def update_memories(model, stms: list[mx.array], interactions: list[list[int]]) -> list[mx.array]:
+    """Each row's memory update at once: STM_t (L, 1, S, D) of every STM_{t-1} in ``stms`` with its
+    interaction ``[BOS][Q]query[A]answer`` (``RxT.update_memory``, one call over all rows).
+
+    The interactions are padded on the right to the longest, under the padding mask of the
+    encoder's self-attention and the memory attention's keys, so each row's STM is the one its
+    update alone gives (up to float rounding of the batched products). One row runs exactly as
+    :class:`~rxt_mlx.session.Session` runs it.
+    """
+    if len(stms) == 1:
+        return [model.update_memory(stms[0], mx.array(interactions, dtype=mx.uint32))]
+    longest = max(len(interaction) for interaction in interactions)
+    ids = mx.array([row + [0] * (longest - len(row)) for row in interactions], dtype=mx.uint32)
+    mask = mx.array([[True] * len(row) + [False] * (longest - len(row)) for row in interactions])
+    updated = model.update_memory(mx.concatenate(stms, axis=1), ids, mask)
+    return [updated[:, row : row + 1] for row in range(len(stms))]
 
 
 def row_positions(layers, offsets: mx.array, dtype: mx.Dtype):

@@ -112,13 +112,25 @@ def save_stm(
     Returns:
         the metadata written.
     """
+    data, metadata = stm_file_bytes(path, stm, model_fingerprint=model_fingerprint, turn=turn, created=created)
+    write_stm_file(path, data)
+    return metadata
+
+
+def stm_file_bytes(
+    path: str | Path, stm: mx.array, *, model_fingerprint: str, turn: int, created: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """The bytes :func:`save_stm` writes to ``path`` (named in errors) and their metadata.
+
+    This part uses MLX (run it on the thread that owns the arrays); :func:`write_stm_file` then
+    writes the bytes from any thread.
+    """
     if stm.ndim != 4 or stm.shape[1] != 1:
         raise STMShapeError(f"STM to save has shape {tuple(stm.shape)}, expected (layers, 1, slots, dim)")
     if not model_fingerprint:
         raise STMFileError("cannot save an STM without a model fingerprint")
     if turn < 0:
         raise STMFileError(f"turn must be >= 0, got {turn}")
-    path = Path(path)
     mx.eval(stm)
     if not _finite(stm):
         raise STMFileError(f"{path}: refusing to save an STM holding NaN or infinite values (the model diverged)")
@@ -134,13 +146,21 @@ def save_stm(
         "created": created or stamp,
         "updated": stamp,
     }
+    buffer = io.BytesIO()
+    mx.save_safetensors(buffer, {TENSOR_NAME: stm}, metadata=metadata)
+    return buffer.getvalue(), metadata
+
+
+def write_stm_file(path: str | Path, data: bytes) -> None:
+    """Write the bytes of :func:`stm_file_bytes` to ``path`` atomically (as :func:`save_stm`); no MLX."""
+    path = Path(path)
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     with _saving_into(folder):
         handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=folder)
         try:
             with os.fdopen(handle, "wb") as file:
-                mx.save_safetensors(file, {TENSOR_NAME: stm}, metadata=metadata)
+                file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temp_name, path)
@@ -148,7 +168,6 @@ def save_stm(
             Path(temp_name).unlink(missing_ok=True)
             raise
     _fsync_folder(folder)
-    return metadata
 
 
 def remove_temp_files(folder: str | Path, name: str | None = None) -> list[Path]:

@@ -9,7 +9,7 @@ import pytest
 from mlx.utils import tree_map
 from rxt_app.serving_worker import Generate, ServingWorker
 
-from rxt_mlx.batch import DecodeBatch
+from rxt_mlx.batch import DecodeBatch, update_memories
 from rxt_mlx.sampling import SamplingOptions
 from rxt_mlx.session import Session, TokenEvent
 from rxt_mlx.tokenizer import load_tokenizer
@@ -32,7 +32,8 @@ def alone(model, tokenizer, stm, query: str) -> list[int]:
 
 
 def together(model, tokenizer, stms, queries, joins_at) -> list[list[int]]:
-    """Greedy answers decoded as one batch; row i joins after ``joins_at[i]`` steps."""
+    """Greedy answers decoded as one batch; row i joins after ``joins_at[i]`` steps (rows joining
+    at the same step are prefilled together)."""
     vocab = min(model.config.decoder.vocab_size, tokenizer.vocab_size)
     batch = DecodeBatch(model.decoder, vocab)
     answers: list[list[int]] = [[] for _ in queries]
@@ -47,10 +48,13 @@ def together(model, tokenizer, stms, queries, joins_at) -> list[list[int]]:
 
     step = 0
     while step == 0 or rows or any(not answer for answer in answers):
-        for row, join in enumerate(joins_at):
-            if join == step:
-                take(row, batch.add(tokenizer.query_ids(queries[row]), model.decoder.project_memory(stms[row]))[0])
-                rows.append(row)
+        joining = [row for row, join in enumerate(joins_at) if join == step]
+        if joining:
+            prompts = [tokenizer.query_ids(queries[row]) for row in joining]
+            logits = batch.add_rows(prompts, [model.decoder.project_memory(stms[row]) for row in joining])
+            for index, row in enumerate(joining):
+                take(row, logits[index])
+            rows.extend(joining)
         for index in reversed(range(len(rows))):
             if over(rows[index]):
                 batch.remove(index)
@@ -78,6 +82,39 @@ def test_rows_decoded_together_equal_sessions_alone(name, dtype, bpe):
     stms = [model.initial_stm(1, seed=seed) for seed in range(len(QUERIES))]
     expected = [alone(model, bpe, stm, query) for stm, query in zip(stms, QUERIES, strict=True)]
     assert together(model, bpe, stms, QUERIES, joins_at=[0, 0, 0, 3, 7]) == expected
+
+
+@pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
+def test_rows_prefilled_together_equal_rows_prefilled_alone(name, bpe):
+    model = random_mlx_model(PARITY_CONFIGS[name](), seed=3)
+    vocab = min(model.config.decoder.vocab_size, bpe.vocab_size)
+    prompts = [bpe.query_ids(query) for query in QUERIES]
+    assert len({len(prompt) for prompt in prompts}) > 1  # padded on the right to the longest
+    memories = [model.decoder.project_memory(model.initial_stm(1, seed=seed)) for seed in range(len(QUERIES))]
+    alone_batch, together_batch = DecodeBatch(model.decoder, vocab), DecodeBatch(model.decoder, vocab)
+    logits_alone = mx.concatenate([alone_batch.add(p, m) for p, m in zip(prompts, memories, strict=True)])
+    logits_together = together_batch.add_rows(prompts, memories)
+    assert together_batch.offsets == alone_batch.offsets == [len(prompt) for prompt in prompts]
+    assert mx.allclose(logits_together, logits_alone, atol=1e-5, rtol=1e-5).item()
+    tokens = mx.argmax(logits_alone, axis=-1)
+    for _ in range(3):  # the cached keys/values of each row's prompt are its own
+        stepped_alone, stepped_together = alone_batch.step(tokens), together_batch.step(tokens)
+        assert mx.allclose(stepped_together, stepped_alone, atol=1e-5, rtol=1e-5).item()
+        tokens = mx.argmax(stepped_alone, axis=-1)
+
+
+@pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
+def test_memory_updates_together_equal_updates_alone(name, bpe):
+    model = random_mlx_model(PARITY_CONFIGS[name](), seed=4)
+    stms = [model.initial_stm(1, seed=seed) for seed in range(len(QUERIES))]
+    interactions = [bpe.interaction_ids(query, query[::-1]) for query in QUERIES]
+    assert len({len(interaction) for interaction in interactions}) > 1
+    alone = [model.update_memory(stm, mx.array([ids], dtype=mx.uint32)) for stm, ids in zip(stms, interactions)]
+    together = update_memories(model, stms, interactions)
+    for stm_alone, stm_together in zip(alone, together, strict=True):
+        assert stm_together.shape == stm_alone.shape
+        assert mx.allclose(stm_together, stm_alone, atol=1e-5, rtol=1e-5).item()
+    assert mx.array_equal(update_memories(model, stms[:1], interactions[:1])[0], alone[0]).item()  # one row: Session's
 
 
 def test_the_serving_worker_decodes_queued_greedy_turns_together(tmp_path, monkeypatch):
