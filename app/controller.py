@@ -29,7 +29,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rxt_app.storage import Conversation, Storage, StorageError, TurnConflictError, TurnStats
+from rxt_app.conversation_settings import ConversationSettings, SettingsStore
+from rxt_app.storage import (
+    Conversation,
+    RewoundTurn,
+    SearchHit,
+    Storage,
+    StorageError,
+    TurnConflictError,
+    TurnStats,
+)
 from rxt_app.worker import (
     AnswerCancelled,
     AnswerFinished,
@@ -184,14 +193,22 @@ class ChatController:
     Args:
         worker: a started :class:`~rxt_app.worker.InferenceWorker` (or anything with its methods).
         storage: the opened data dir.
+        settings: the conversations' own settings (system prompt, sampling), handed to the worker;
+            None: every conversation uses the worker's.
     """
 
-    def __init__(self, worker: InferenceWorker, storage: Storage):
+    def __init__(self, worker: InferenceWorker, storage: Storage, settings: SettingsStore | None = None):
         self.worker = worker
         self.storage = storage
+        self.settings = settings
+        if settings is not None:
+            worker.system_prompt_of = settings.system_prompt_of
+            worker.sampling_of = settings.sampling_of
         self.quitting = False
         self._states: dict[str, ConversationState] = {}
         self._listeners: list[Callable[[ChatEvent], object]] = []
+        self._redo: dict[str, tuple[int, list[RewoundTurn]]] = {}
+        """Per conversation: the revision its rewind left, and the rewound turns (oldest first)."""
 
     # ----- observing
 
@@ -323,6 +340,30 @@ class ChatController:
         self._emit(ConversationsChanged())
         return conversation
 
+    def delete_for_now(self, conversation_id: str) -> None:
+        """Delete a conversation so that :meth:`undo_delete` can bring it back until :meth:`purge`."""
+        self.refuse_if_busy(conversation_id)
+        with _refused_on_storage_error():
+            self.storage.mark_deleted(conversation_id)
+        self.worker.forget(conversation_id)
+        self._states.pop(conversation_id, None)
+        self._drop_redo(conversation_id)
+        self._emit(ConversationsChanged())
+
+    def undo_delete(self, conversation_id: str) -> Conversation:
+        """Bring back a conversation deleted by :meth:`delete_for_now` and not purged yet."""
+        with _refused_on_storage_error():
+            conversation = self.storage.restore(conversation_id)
+        self._emit(ConversationsChanged())
+        return conversation
+
+    def purge(self, conversation_id: str) -> None:
+        """Make a :meth:`delete_for_now` final (no undo after it)."""
+        with _refused_on_storage_error():
+            purged = self.storage.purge_deleted(conversation_id=conversation_id)
+        if purged and self.settings is not None:
+            self.settings.forget(conversation_id)
+
     def delete(self, conversation_id: str) -> None:
         """Delete a conversation, its messages and its memory; refused while it has turns in flight."""
         self.refuse_if_busy(conversation_id)
@@ -332,10 +373,11 @@ class ChatController:
         self._states.pop(conversation_id, None)
         self._emit(ConversationsChanged())
 
-    def rewind(self, conversation_id: str) -> Conversation:
+    def rewind(self, conversation_id: str, keep_for_redo: bool = False) -> Conversation:
         """Undo the last turn; with an unusable snapshot, go back to the last good one instead.
 
         Returns the rewound conversation; raises ActionRefused when there is nothing to rewind.
+        ``keep_for_redo``: as :meth:`rewind_to`.
         """
         with _refused_on_storage_error():
             conversation = self.storage.conversation(conversation_id)
@@ -348,22 +390,140 @@ class ChatController:
             return self.rewind_to(conversation_id, state.last_good_turn)
         if conversation.turn_count == 0:
             raise ActionRefused("Nothing to rewind: the conversation has no turns.")
-        return self.rewind_to(conversation_id, conversation.turn_count - 1)
+        return self.rewind_to(conversation_id, conversation.turn_count - 1, keep_for_redo)
 
-    def rewind_to(self, conversation_id: str, turn: int) -> Conversation:
-        """Drop a conversation's turns after ``turn`` and reload its memory at ``turn``."""
+    def rewind_to(self, conversation_id: str, turn: int, keep_for_redo: bool = False) -> Conversation:
+        """Drop a conversation's turns after ``turn`` and reload its memory at ``turn``.
+
+        ``keep_for_redo``: keep the dropped turns (and their memory) for :meth:`redo`, until
+        something new is sent or the conversation changes elsewhere.
+        """
         self.refuse_if_busy(conversation_id)
         with _refused_on_storage_error():
-            conversation = self.storage.rewind_to(conversation_id, turn)
+            if keep_for_redo and self.state(conversation_id).problem is None:
+                conversation, kept = self.storage.rewind_keeping(conversation_id, turn)
+                _, earlier = self._redo.pop(conversation_id, (None, []))
+                self._redo[conversation_id] = (conversation.revision, kept + earlier)
+            else:
+                conversation = self.storage.rewind_to(conversation_id, turn)
+                self._drop_redo(conversation_id)
             self.state(conversation_id).last_good_turn = None
             conversation = self._load(conversation)
         self._emit(ConversationsChanged())
         return conversation
 
+    def redo_turns(self, conversation_id: str) -> int:
+        """How many rewound turns :meth:`redo` would bring back (0: none)."""
+        return len(self._redo.get(conversation_id, (0, []))[1])
+
+    def redo(self, conversation_id: str) -> Conversation:
+        """Bring back the turns the last rewinds dropped (transcript and memory), if nothing was sent since."""
+        self.refuse_if_busy(conversation_id)
+        revision, kept = self._redo.pop(conversation_id, (None, []))
+        if not kept:
+            raise ActionRefused("Nothing to redo: redo brings back rewound turns until a new message is sent.")
+        try:
+            for rewound in kept:
+                self.storage.commit_turn(
+                    conversation_id,
+                    rewound.turn,
+                    rewound.query,
+                    rewound.answer,
+                    rewound.stats,
+                    snapshot=rewound.snapshot,
+                    revision=revision,
+                )
+                revision += 1
+        except StorageError as error:
+            self._redo[conversation_id] = (revision, kept)
+            self._drop_redo(conversation_id)
+            self._resync(conversation_id)
+            raise ActionRefused(f"Cannot redo: {error}", "error") from error
+        with _refused_on_storage_error():
+            conversation = self._load(self.storage.conversation(conversation_id))
+        self._emit(ConversationsChanged())
+        return conversation
+
+    def _drop_redo(self, conversation_id: str) -> None:
+        """Forget the turns kept for redo, and their files (those committed again are kept)."""
+        _, kept = self._redo.pop(conversation_id, (None, []))
+        for rewound in kept:
+            self._discard(rewound.snapshot)
+
+    def regenerate(self, conversation_id: str) -> LiveTurn:
+        """Answer the last message again: rewind its turn, then send it anew."""
+        with _refused_on_storage_error():
+            conversation = self.storage.conversation(conversation_id)
+            messages = self.storage.messages(conversation_id)
+        self.refuse_if_busy(conversation_id)
+        if conversation.turn_count == 0:
+            raise ActionRefused("Nothing to regenerate: the conversation has no answer yet.")
+        query = next(message.text for message in reversed(messages) if message.role == "user")
+        self.rewind_to(conversation_id, conversation.turn_count - 1)
+        return self.send(conversation_id, query)
+
+    def edit(self, conversation_id: str, turn: int) -> str:
+        """Rewind to just before ``turn`` (kept for :meth:`redo`) and return its message, to edit and send."""
+        with _refused_on_storage_error():
+            messages = self.storage.messages(conversation_id)
+        query = next((m.text for m in messages if m.turn == turn and m.role == "user"), None)
+        if query is None:
+            raise ActionRefused(f"Turn {turn} has no stored message to edit.")
+        self.rewind_to(conversation_id, turn - 1, keep_for_redo=True)
+        return query
+
+    # ----- settings and search
+
+    def settings_of(self, conversation_id: str) -> ConversationSettings:
+        """A conversation's own settings (the defaults when the controller keeps none)."""
+        if self.settings is None:
+            return ConversationSettings()
+        with _refused_on_storage_error():
+            return self.settings.get(conversation_id)
+
+    def change_settings(self, conversation_id: str, settings: ConversationSettings) -> Conversation:
+        """Save a conversation's settings; returns the conversation that has them.
+
+        The system prompt is written into a new memory: a changed one applies to a conversation
+        without turns at once (its memory is made again), otherwise to a new conversation, returned.
+        """
+        if self.settings is None:
+            raise ActionRefused("This front end keeps no conversation settings.", "error")
+        with _refused_on_storage_error():
+            conversation = self.storage.conversation(conversation_id)
+            prompt_changed = settings.system_prompt != self.settings.get(conversation_id).system_prompt
+            if prompt_changed and conversation.turn_count > 0:
+                conversation = self.create()
+            elif prompt_changed:
+                self.refuse_if_busy(conversation_id)
+            self.settings.save(conversation.id, settings)
+            if prompt_changed and conversation.id == conversation_id:
+                conversation = self._load(conversation)
+        return conversation
+
+    def search(self, text: str) -> list[SearchHit]:
+        """Messages of every conversation that hold the words of ``text``, best first."""
+        with _refused_on_storage_error():
+            return self.storage.search(text)
+
+    def query_size(self, query: str) -> tuple[int, int]:
+        """(tokens of ``query`` with its template, the most the model takes)."""
+        return self.worker.query_tokens(query), self.worker.query_limit
+
+    def refuse_if_too_long(self, query: str) -> None:
+        """Raise ActionRefused when ``query`` leaves the model no room for an answer."""
+        tokens, limit = self.query_size(query)
+        if tokens > limit:
+            raise ActionRefused(
+                f"The message is {tokens} tokens with its template; this model takes at most {limit}. Shorten it."
+            )
+
     def fork(self, conversation_id: str, turn: int) -> Conversation:
         """A new conversation continuing ``conversation_id`` from ``turn``, with that turn's memory."""
         with _refused_on_storage_error():
             fork = self.storage.fork(conversation_id, turn)
+            if self.settings is not None:
+                self.settings.copy(conversation_id, fork.id)
         self._emit(ConversationsChanged())
         return fork
 
@@ -390,6 +550,7 @@ class ChatController:
             raise ActionRefused(reason)
         if any(live.phase in (QUEUED, GENERATING) for live in state.live.values()):
             raise ActionRefused("The previous answer is still coming; stop it first.")
+        self._drop_redo(conversation_id)
         with _refused_on_storage_error():
             if not state.live and conversation.revision != state.revision:
                 conversation = self._load(conversation)

@@ -19,7 +19,20 @@ ConversationItem.foreign .title { color: $warning; }
 .message.assistant .role { color: $success; }
 .message.waiting { color: $text-muted; }
 .message .text { margin: 0; padding: 0 0 0 2; }
-#prompt { dock: bottom; }
+#input-row { dock: bottom; height: auto; }
+#prompt { width: 1fr; }
+#counter { width: auto; padding: 1 1 0 1; color: $text-muted; }
+#counter.over { color: $error; text-style: bold; }
+#welcome { height: auto; }
+#welcome .about { margin-bottom: 1; }
+#welcome .heading { text-style: bold; }
+#welcome .example { color: $accent; padding-left: 2; }
+#welcome .example:hover { background: $boost; }
+.dialog.search { width: 100; }
+.dialog .option { height: 1; margin-top: 1; }
+.dialog .option Label { width: 30; }
+.dialog .option Input { width: 1fr; }
+.dialog.search #results { height: auto; max-height: 16; }
 #memory { width: 34; height: 1fr; border-left: solid $primary-darken-2; padding: 0 1; }
 #status { height: auto; background: $primary-darken-2; color: $text; padding: 0 1; }
 .dialog-screen { align: center middle; }

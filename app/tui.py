@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from rxt_app.command_line import demo_model_dir
 from rxt_app.confirm_screen import ConfirmScreen
 from rxt_app.controller import (
     GENERATING,
@@ -28,14 +29,26 @@ from rxt_app.controller import (
     TurnQueued,
     WorkerFailed,
 )
+from rxt_app.conversation_settings import ConversationSettings, SettingsStore
 from rxt_app.export import conversation_markdown, default_export_path
 from rxt_app.fork_screen import ForkScreen
 from rxt_app.help_screen import HelpScreen
 from rxt_app.prompt_screen import TextPromptScreen
+from rxt_app.search_screen import SearchScreen
 from rxt_app.settings import Settings
-from rxt_app.storage import Conversation, Storage, default_data_dir
+from rxt_app.settings_screen import SettingsScreen
+from rxt_app.storage import Conversation, SearchHit, Storage, default_data_dir
 from rxt_app.styles import CHAT_CSS
-from rxt_app.widgets import ConversationItem, MemoryPanel, MessageView, PromptInput, StatusFigures, StatusLine
+from rxt_app.welcome import WelcomeView, welcome
+from rxt_app.widgets import (
+    ConversationItem,
+    MemoryPanel,
+    MessageView,
+    PromptInput,
+    QueryCounter,
+    StatusFigures,
+    StatusLine,
+)
 from rxt_app.worker import AnswerFinished, InferenceWorker, ModelLoadError, TokenText, WorkerEvent
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -43,12 +56,15 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message as TextualMessage
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Input, ListView, Static
 
 from rxt_mlx.hub import source_label
 
 SHOWN_TURNS = 50
 """The transcript shows the last SHOWN_TURNS turns; the memory holds them all anyway."""
+UNDO_DELETE_SECONDS = 10.0
+"""A deleted conversation can be brought back (ctrl+z) this long; then, or at exit, it is gone."""
 
 
 class WorkerMessage(TextualMessage):
@@ -69,7 +85,12 @@ class ChatApp(App[None]):
         Binding("f2", "rename", "Rename", show=False),  # the footer fits 80 columns; F1 and ctrl+p list all
         Binding("f8", "delete", "Delete", show=False),
         Binding("ctrl+z", "rewind", "Rewind"),
+        Binding("ctrl+r", "redo", "Redo", show=False),
+        Binding("ctrl+g", "regenerate", "Regenerate", show=False),
+        Binding("ctrl+l", "edit", "Edit message", show=False),
         Binding("ctrl+f", "fork", "Fork"),
+        Binding("f3", "search", "Search", show=False),
+        Binding("f4", "conversation_settings", "Settings", show=False),
         Binding("ctrl+y", "copy_answer", "Copy answer", show=False),
         Binding("ctrl+s", "export", "Export", show=False),
         Binding("ctrl+t", "toggle_memory", "Memory panel"),
@@ -81,7 +102,15 @@ class ChatApp(App[None]):
         "new_conversation": ("New conversation", "Start a conversation with a fresh memory"),
         "rename": ("Rename conversation", "Give the conversation a new title"),
         "delete": ("Delete conversation", "Delete the conversation and its memory (asks first)"),
-        "rewind": ("Rewind", "Undo the last turn: transcript and memory go back one turn"),
+        "rewind": (
+            "Rewind",
+            "Undo the last turn: transcript and memory go back one turn (just after a delete: bring it back)",
+        ),
+        "redo": ("Redo", "Bring back the rewound turns, if no message was sent since"),
+        "regenerate": ("Regenerate answer", "Answer the last message again (its turn is rewound, then resent)"),
+        "edit": ("Edit message", "Rewind to the chosen (clicked) or last message and put it in the input"),
+        "search": ("Search conversations", "Find messages in every conversation; open one at its turn"),
+        "conversation_settings": ("Conversation settings", "System prompt, temperature, top-p, max tokens"),
         "fork": ("Fork conversation", "A new conversation from an earlier turn, with that turn's memory"),
         "copy_answer": ("Copy last answer", "Copy the last answer to the clipboard"),
         "export": ("Export to Markdown", "Write the conversation to a Markdown file"),
@@ -93,7 +122,7 @@ class ChatApp(App[None]):
 
     def __init__(self, worker: InferenceWorker, storage: Storage):
         super().__init__()
-        self.controller = ChatController(worker, storage)
+        self.controller = ChatController(worker, storage, SettingsStore(storage))
         self.settings = Settings(storage.data_dir)
         self.theme_restored = False  # until then, theme changes are the start's, not the user's
         self.pending: deque[ChatEvent] = deque()
@@ -104,6 +133,9 @@ class ChatApp(App[None]):
         self.waiting: dict[str, list[str]] = {}  # messages typed while the previous answer is coming
         self.model_label = source_label(worker.model_dir)
         self.sub_title = worker.description
+        self.sampling_defaults = dict(worker.sampling)
+        self.welcome = welcome(worker.description, worker.query_limit, Path(worker.model_dir) == demo_model_dir())
+        self.deleted: dict[str, Timer] = {}  # deleted conversations that ctrl+z can still bring back
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -113,7 +145,9 @@ class ChatApp(App[None]):
             with Vertical(id="main"):
                 yield Static("", id="notice", markup=False)
                 yield VerticalScroll(id="transcript")
-                yield PromptInput(placeholder="Message RxT… (Enter sends, Esc stops, F1 help)", id="prompt")
+                with Horizontal(id="input-row"):
+                    yield PromptInput(placeholder="Message RxT… (Enter sends, Esc stops, F1 help)", id="prompt")
+                    yield QueryCounter("", id="counter", markup=False)
             yield MemoryPanel("", id="memory", markup=False)
         yield StatusLine("", id="status", markup=False)
         yield Footer()
@@ -126,6 +160,7 @@ class ChatApp(App[None]):
         self.query_one("#memory").display = False
         await self.refresh_list()
         await self.switch_to(self.controller.latest_or_new().id)
+        self.count_tokens("")
         self.focus_prompt()
 
     def watch_theme(self, theme: str) -> None:
@@ -167,6 +202,7 @@ class ChatApp(App[None]):
         if isinstance(event, TurnQueued) and self.is_current(event.conversation_id):
             transcript = self.query_one("#transcript", VerticalScroll)
             views = [MessageView("user", event.turn, event.query), MessageView("assistant", event.turn, "")]
+            await transcript.query("#welcome").remove()
             waiting = transcript.query(".waiting")
             await transcript.mount_all(views, before=waiting.first() if waiting else None)
             transcript.anchor()  # follows the answer as it grows, until the user scrolls up
@@ -257,6 +293,8 @@ class ChatApp(App[None]):
             views.append(MessageView("user", live.turn, live.query))
             views.append(MessageView("assistant", live.turn, live.answer, "stopped" if live.stopped else ""))
         views += self.waiting_views(self.current.id)
+        if not views:
+            views.append(WelcomeView(self.welcome))
         await transcript.mount_all(views)
         transcript.anchor()  # stays at the end while the Markdown of the turns is laid out
 
@@ -315,11 +353,29 @@ class ChatApp(App[None]):
 
     # ----- input
 
+    @on(Input.Changed, "#prompt")
+    def prompt_changed(self, event: Input.Changed) -> None:
+        self.count_tokens(PromptInput.message_text(event.value).strip())
+
+    def count_tokens(self, query: str) -> None:
+        """Show the size of the message being typed against the model's limit."""
+        tokens, limit = self.controller.query_size(query) if query else (0, self.controller.worker.query_limit)
+        self.query_one(QueryCounter).show(tokens, limit)
+
+    @on(WelcomeView.ExampleChosen)
+    def example_chosen(self, event: WelcomeView.ExampleChosen) -> None:
+        prompt = self.query_one("#prompt", PromptInput)
+        prompt.value = event.text
+        prompt.focus()
+
     @on(Input.Submitted, "#prompt")
     async def send(self, event: Input.Submitted) -> None:
         """Send the typed query as the next turn of the current conversation."""
         query = PromptInput.message_text(event.value).strip()
         if not query or self.current is None:
+            return
+        if self.refused(self.controller.refuse_if_too_long, query):
+            self.give_back(query)
             return
         conversation_id = self.current.id
         if self.answering(conversation_id) or self.waiting.get(conversation_id):
@@ -404,10 +460,16 @@ class ChatApp(App[None]):
         conversation = self.current
 
         async def confirmed(yes: bool | None) -> None:
-            if yes and not self.refused(self.controller.delete, conversation.id):
+            if yes and not self.refused(self.controller.delete_for_now, conversation.id):
                 self.current = None
                 await self.switch_to(self.controller.latest_or_new().id)
-                self.notify("Conversation deleted.")
+                self.deleted[conversation.id] = self.set_timer(
+                    UNDO_DELETE_SECONDS, lambda: self.purge_deleted(conversation.id)
+                )
+                self.notify(
+                    f"Deleted “{conversation.title}”. ctrl+z brings it back ({UNDO_DELETE_SECONDS:.0f} s).",
+                    timeout=UNDO_DELETE_SECONDS,
+                )
 
         self.push_screen(ConfirmScreen(f"Delete “{conversation.title}” and its memory?", "Delete"), confirmed)
 
@@ -420,12 +482,121 @@ class ChatApp(App[None]):
             return True
         return False
 
+    def purge_deleted(self, conversation_id: str | None = None) -> None:
+        """Make the deletion of a conversation (default: of all of them) final: no undo after it."""
+        for deleted_id in [conversation_id] if conversation_id else list(self.deleted):
+            timer = self.deleted.pop(deleted_id, None)
+            if timer is not None:
+                timer.stop()
+                self.refused(self.controller.purge, deleted_id)
+
+    async def undo_delete(self) -> None:
+        """Bring back the conversation deleted last (while its deletion is not final)."""
+        conversation_id = list(self.deleted)[-1]
+        self.deleted.pop(conversation_id).stop()
+        try:
+            conversation = self.controller.undo_delete(conversation_id)
+        except ActionRefused as refusal:
+            self.notify(refusal.message, severity=refusal.severity)
+            return
+        await self.switch_to(conversation.id)
+        await self.render_events()
+        self.notify(f"Brought back “{conversation.title}”.")
+
     async def action_rewind(self) -> None:
-        if self.current is None or self.refused(self.controller.rewind, self.current.id):
+        if self.deleted:
+            await self.undo_delete()
+            return
+        if self.current is None or self.refused(self.controller.rewind, self.current.id, True):
             return
         await self.render_events()
         await self.render_transcript()
-        self.notify(f"Rewound to turn {self.current.turn_count}.")
+        redo = self.controller.redo_turns(self.current.id)
+        self.notify(f"Rewound to turn {self.current.turn_count}." + (" ctrl+r redoes it." if redo else ""))
+
+    async def action_redo(self) -> None:
+        if self.current is None or self.refused(self.controller.redo, self.current.id):
+            return
+        await self.render_events()
+        await self.render_transcript()
+        self.notify(f"Redone: back at turn {self.current.turn_count}.")
+
+    async def action_regenerate(self) -> None:
+        if self.current is None or self.refused(self.controller.regenerate, self.current.id):
+            return
+        await self.render_events()
+        await self.render_transcript()  # without the rewound answer
+
+    async def action_edit(self) -> None:
+        """Rewind to the chosen (or last) message and put its text in the input, to edit and send."""
+        if self.current is None:
+            return
+        turn = self.chosen_turn or self.current.turn_count
+        try:
+            query = self.controller.edit(self.current.id, turn)
+        except ActionRefused as refusal:
+            self.notify(refusal.message, severity=refusal.severity)
+            return
+        await self.render_events()
+        await self.render_transcript()
+        prompt = self.query_one("#prompt", PromptInput)
+        prompt.value = PromptInput.input_text(query)
+        self.focus_prompt()
+        self.notify(f"Editing turn {turn}: send it to answer it anew (ctrl+r puts the turns back).")
+
+    def action_search(self) -> None:
+        async def chosen(hit: SearchHit | None) -> None:
+            self.focus_prompt()
+            if hit is not None:
+                await self.open_at(hit.conversation_id, hit.turn)
+
+        self.push_screen(SearchScreen(self.search_messages), chosen)
+
+    def search_messages(self, text: str) -> list[SearchHit]:
+        """The search screen's results (a refused search shows none, and says why)."""
+        try:
+            return self.controller.search(text)
+        except ActionRefused as refusal:
+            self.notify(refusal.message, severity=refusal.severity)
+            return []
+
+    async def open_at(self, conversation_id: str, turn: int) -> None:
+        """Show a conversation scrolled to ``turn``, its messages marked as chosen."""
+        if not self.is_current(conversation_id):
+            await self.switch_to(conversation_id)
+        views = [view for view in self.query(MessageView) if view.turn == turn]
+        if not views:
+            self.notify(f"Turn {turn} is not shown (only the last {SHOWN_TURNS} turns are); ctrl+s exports all.")
+            return
+        self.message_chosen(MessageView.Chosen(turn))
+        transcript = self.query_one("#transcript", VerticalScroll)
+        transcript.anchor(False)
+        self.call_after_refresh(transcript.scroll_to_widget, views[0], animate=False, top=True)
+
+    def action_conversation_settings(self) -> None:
+        if self.current is None:
+            return
+        conversation = self.current
+
+        async def chosen(settings: ConversationSettings | None) -> None:
+            self.focus_prompt()
+            if settings is None:
+                return
+            try:
+                changed = self.controller.change_settings(conversation.id, settings)
+            except ActionRefused as refusal:
+                self.notify(refusal.message, severity=refusal.severity)
+                return
+            if changed.id != conversation.id:
+                await self.switch_to(changed.id)
+                self.notify("The new system prompt is in the memory of this new conversation.")
+            else:
+                self.notify("Settings saved.")
+            await self.render_events()
+
+        settings = self.controller.settings_of(conversation.id)
+        defaults = self.sampling_defaults
+        self.push_screen(SettingsScreen(conversation.title, settings, defaults, conversation.turn_count), chosen)
 
     def action_fork(self) -> None:
         if self.current is None:
@@ -516,7 +687,9 @@ class ChatApp(App[None]):
         self.update_chrome()
 
     def shut_down(self) -> None:
-        """exit(), remembering that late worker events must not touch the torn-down screen."""
+        """exit(), remembering that late worker events must not touch the torn-down screen; deletions
+        are made final."""
+        self.purge_deleted()
         self.closing = True
         self.exit()
 
@@ -551,6 +724,9 @@ def run_app(model_dir: str | Path, data_dir: str | Path | None = None, sampling:
         app = ChatApp(worker, storage)
         app.run()
     finally:
+        if app is not None:
+            app.purge_deleted()
+            app.controller.settings.close()
         worker.shutdown()
         storage.close()
 

@@ -58,6 +58,16 @@ class PromptInput(Input):
         return value.replace(NEWLINE_MARK, "\n")
 
 
+class QueryCounter(Static):
+    """Beside the input: the tokens of the message being typed (with its template) against the
+    model's limit; marked ``over`` (a warning) when the message is too long to send."""
+
+    def show(self, tokens: int, limit: int) -> None:
+        over = tokens > limit
+        self.set_class(over, "over")
+        self.update(f"{tokens}/{limit} tokens" + (" · too long" if over else ""))
+
+
 class ConversationItem(ListItem):
     """One entry of the side list: title and turn count; marks conversations of another model."""
 

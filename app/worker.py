@@ -15,7 +15,7 @@ import queue
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ class _Open:
     conversation_id: str
     turn: int
     snapshots: tuple[Path, ...]
+    system_prompt: str | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class _Send:
     turn: int
     query: str
     snapshot: Path
+    sampling: dict | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,10 @@ class InferenceWorker:
         """The loaded model in words (``rxt_mlx.describe_model``): source, size, precision, context, STM."""
         self.fingerprint = ""
         self.stm_shape: tuple[int, ...] = ()
+        self.system_prompt_of: Callable[[str], str | None] = lambda conversation_id: None
+        """The system prompt written into a conversation's memory at turn 0 (called on the caller's thread)."""
+        self.sampling_of: Callable[[str], dict] = lambda conversation_id: {}
+        """A conversation's own sampling settings, over ``sampling`` (called on the caller's thread)."""
 
     def start(self) -> InferenceWorker:
         """Start the thread and wait until the model is loaded; raises ModelLoadError if it cannot be."""
@@ -192,14 +198,15 @@ class InferenceWorker:
         ``snapshots`` lists the snapshot paths of turns 1..turn, so that on a bad snapshot the
         worker can name the last good turn. Posts SessionReady or SnapshotProblem.
         """
-        self._jobs.put(_Open(conversation_id, turn, tuple(snapshots)))
+        system_prompt = self.system_prompt_of(conversation_id) if turn == 0 else None
+        self._jobs.put(_Open(conversation_id, turn, tuple(snapshots), system_prompt=system_prompt))
 
     def send(self, conversation_id: str, turn: int, query: str, snapshot: Path) -> None:
         """Answer ``query`` as ``turn`` of an opened conversation, then update and save its STM to ``snapshot``.
 
         ``snapshot`` should come from ``Storage.new_snapshot_path``: a file no other writer uses.
         """
-        self._jobs.put(_Send(conversation_id, turn, query, snapshot))
+        self._jobs.put(_Send(conversation_id, turn, query, snapshot, sampling=self.sampling_of(conversation_id)))
 
     def forget(self, conversation_id: str) -> None:
         """Drop a conversation's Session (after delete or rewind)."""
@@ -243,6 +250,15 @@ class InferenceWorker:
         self._jobs.put(_SHUTDOWN)
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    @property
+    def query_limit(self) -> int:
+        """Most tokens a query may have with its template ([BOS][Q]query[A]): one answer token must fit."""
+        return self.model.config.decoder.seq_len - 1
+
+    def query_tokens(self, query: str) -> int:
+        """Tokens of ``query`` with its template (the tokenizer only: safe on any thread)."""
+        return len(self.tokenizer.query_ids(query))
 
     def session(self, conversation_id: str):
         """The Session of an opened conversation (for tests; touch it only while the worker is idle)."""
@@ -318,7 +334,7 @@ class InferenceWorker:
         from rxt_mlx.stm import STMFileError
 
         self._sessions.pop(job.conversation_id, None)
-        session = Session(self.model, self.tokenizer)
+        session = Session(self.model, self.tokenizer, system_prompt=job.system_prompt if job.turn == 0 else None)
         if job.turn > 0:
             try:
                 session.load_stm(job.snapshots[job.turn - 1])
@@ -354,7 +370,7 @@ class InferenceWorker:
             self._active_session = session
         answer: AnswerDone | None = None
         try:
-            for event in session.interact(job.query, **self.sampling):
+            for event in session.interact(job.query, **{**self.sampling, **(job.sampling or {})}):
                 if isinstance(event, TokenEvent):
                     if event.text:
                         self._post(TokenText(job.conversation_id, job.turn, event.text))

@@ -39,12 +39,20 @@ class ScriptedWorker:
 
     Events go to ``deliver`` (the app's ``post_worker_event``, or a list the test hands to a
     controller). ``open`` answers at once: SessionReady, or SnapshotProblem while ``problem`` is set.
+    A query is one token per word plus 3 for its template; the limit is ``query_limit``. ``opened``
+    and ``sent_sampling`` record the system prompt and sampling each open and send had.
     """
 
     def __init__(self, fingerprint: str = FINGERPRINT):
         self.fingerprint = fingerprint
         self.model_dir = Path("tiny-model")
         self.description = "tiny-model: a scripted stand-in"
+        self.sampling = {"max_tokens": 256, "temperature": 0.0, "top_p": 1.0}
+        self.query_limit = 100
+        self.system_prompt_of: Callable[[str], str | None] = lambda conversation_id: None
+        self.sampling_of: Callable[[str], dict] = lambda conversation_id: {}
+        self.system_prompts: list[str | None] = []
+        self.sent_sampling: list[dict] = []
         self.deliver: Callable[[WorkerEvent], object] = lambda event: None
         self.opened: list[tuple[str, int]] = []
         self.sent: list[tuple[str, int, str, Path]] = []
@@ -54,8 +62,12 @@ class ScriptedWorker:
         self.cancelled: list[tuple[str, int]] = []
         self.problem: str | None = None
 
+    def query_tokens(self, query: str) -> int:
+        return len(query.split()) + 3
+
     def open(self, conversation_id, turn, snapshots):
         self.opened.append((conversation_id, turn))
+        self.system_prompts.append(self.system_prompt_of(conversation_id) if turn == 0 else None)
         if self.problem and turn > 0:
             self.deliver(SnapshotProblem(conversation_id, turn, self.problem, turn - 1))
         else:
@@ -63,6 +75,7 @@ class ScriptedWorker:
 
     def send(self, conversation_id, turn, query, snapshot):
         self.sent.append((conversation_id, turn, query, snapshot))
+        self.sent_sampling.append(self.sampling_of(conversation_id))
 
     def forget(self, conversation_id):
         self.forgotten.append(conversation_id)

@@ -130,7 +130,7 @@ async def test_rewind_fork_delete(tmp_path):
         await pilot.press("ctrl+z")
         await wait_until(pilot, lambda: app.current.turn_count == 2 and len(transcript(app)) == 4)
         assert worker.opened[-1] == (source.id, 2)
-        assert not worker.sent[2][3].exists()
+        assert worker.sent[2][3].exists()  # its memory is kept for redo (ctrl+r) until a message is sent
 
         first_answer = [view for view in app.query(MessageView) if view.turn == 1][1]
         await pilot.click(first_answer)
