@@ -109,7 +109,9 @@ def test_memory_updates_together_equal_updates_alone(name, bpe):
     stms = [model.initial_stm(1, seed=seed) for seed in range(len(QUERIES))]
     interactions = [bpe.interaction_ids(query, query[::-1]) for query in QUERIES]
     assert len({len(interaction) for interaction in interactions}) > 1
-    alone = [model.update_memory(stm, mx.array([ids], dtype=mx.uint32)) for stm, ids in zip(stms, interactions)]
+    alone = [
+        model.update_memory(stm, mx.array([ids], dtype=mx.uint32)) for stm, ids in zip(stms, interactions, strict=True)
+    ]
     together = update_memories(model, stms, interactions)
     for stm_alone, stm_together in zip(alone, together, strict=True):
         assert stm_together.shape == stm_alone.shape
