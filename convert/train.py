@@ -26,11 +26,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from mlx.utils import tree_flatten
 from tqdm import tqdm
 
+import rxt_mlx
 from rxt_mlx.bench import dialogues
+from rxt_mlx.bench.free_chat import FreeChat
 from rxt_mlx.config import MemoryAttentionConfig, RxTConfig, TokenizerConfig, TransformerConfig
 
+from .bench_reference import load_mlx_weights_into
 from .reference import RxTReference
 from .reference.checkpoint import save_rxlm
 from .tokenizer_train import TOKENIZER_FILE, TokenizerTrainingError, tokenizer_config, train_tokenizer
@@ -52,8 +56,11 @@ EXPORT_DIR = "rxlm"
 class StageConfig:
     """Steps, batch size (interactions for joint, conversations otherwise) and peak learning rate.
 
-    ``stop_at`` ends the stage early at that step while the learning-rate schedule still spans
-    ``steps`` (used to reproduce a run that was branched mid-stage).
+    ``stop_at`` pauses the run at that step while the learning-rate schedule still spans
+    ``steps``: the checkpoint keeps the stage, step and optimizer and the model is exported, so a
+    later ``--resume`` with a higher ``stop_at`` (or none) continues the same schedule. Long
+    trainings are split over sessions this way; a later segment may also branch from the paused
+    weights with ``--init-from``.
     """
 
     steps: int = 0
@@ -77,7 +84,11 @@ class TrainConfig:
     scale ``memory_gate_init``. ``made_up_values``: add made-up words to the job, color and
     food values; ``fresh_values``: draw half of the training values as new made-up words each time
     (see :func:`rxt_mlx.bench.dialogues.build_slots`); ``fresh_letters``: the share of those spelled
-    like real words (doubled letters, "ph", "ch") rather than from syllables.
+    like real words (doubled letters, "ph", "ch") rather than from syllables. ``open_values``: add
+    the value pools of the data packages (thousands of real names, cities, jobs, colors, foods;
+    :mod:`rxt_mlx.bench.open_data`) and more natural phrasings; ``free_chat``: free-form off-topic
+    turns with generic replies, two facts in one message, questions about facts never stated
+    (:mod:`rxt_mlx.bench.free_chat`).
     """
 
     seed: int = 0
@@ -100,6 +111,8 @@ class TrainConfig:
     made_up_values: bool = True
     fresh_values: bool = False
     fresh_letters: float = 0.0
+    open_values: bool = False
+    free_chat: bool = False
     truncate: int | None = None
     stm_init: str = "random"
     curriculum_steps: int = 0
@@ -241,7 +254,10 @@ class ConversationSource:
     def __init__(self, config: TrainConfig, conversations: list[dialogues.Conversation] | None = None):
         self.config = config
         self.conversations = conversations
-        self.slots = dialogues.build_slots(config.made_up_values, config.fresh_values, config.fresh_letters)
+        self.slots = dialogues.build_slots(
+            config.made_up_values, config.fresh_values, config.fresh_letters, config.open_values
+        )
+        self.chat = FreeChat.load() if config.free_chat else None
 
     def batch(self, stage: str, step: int, rank: int, count: int) -> list[dialogues.Conversation]:
         rng = random.Random(f"{self.config.seed}:{stage}:{step}:{rank}")
@@ -249,7 +265,7 @@ class ConversationSource:
             return [rng.choice(self.conversations) for _ in range(count)]
         low, high = self.turn_range(stage, step)
         return [
-            dialogues.generate_conversation(rng, "train", self.slots, low, high, self.config.max_facts)
+            dialogues.generate_conversation(rng, "train", self.slots, low, high, self.config.max_facts, self.chat)
             for _ in range(count)
         ]
 
@@ -345,7 +361,21 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
 
     def load_weights(self, path: Path, start_stage: str) -> None:
-        """Model (and MLM head) weights of another run's checkpoint; training starts at ``start_stage``."""
+        """Model (and MLM head) weights of another run's checkpoint; training starts at ``start_stage``.
+
+        ``path`` may also be an MLX model folder (e.g. ``rxt_mlx/demo``): its weights go back to
+        rxlm names (:func:`rxt_mlx.weights.to_rxlm`); the MLM head keeps its initial weights.
+        """
+        if path.is_dir():
+            model, _ = rxt_mlx.load(path)
+            try:
+                load_mlx_weights_into(self.model, dict(tree_flatten(model.parameters())))
+            except ValueError as error:
+                raise SystemExit(f"--init-from {path}: {error}") from None
+            self.model.to(self.runtime.device)
+            self.history = []
+            self.stage_index, self.step = STAGES.index(start_stage), 0
+            return
         state = torch.load(path, map_location=self.runtime.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.mlm_head.load_state_dict(state["mlm_head"])
@@ -361,16 +391,18 @@ class Trainer:
     def run(self) -> None:
         while self.stage_index < len(STAGES):
             name = STAGES[self.stage_index]
-            self.run_stage(name)
+            if not self.run_stage(name):
+                return
             self.stage_index += 1
             self.step = 0
             self.optimizer_state = None
             self.checkpoint(None)
 
-    def run_stage(self, name: str) -> None:
+    def run_stage(self, name: str) -> bool:
+        """Train one stage from ``self.step``; False when ``stop_at`` paused it before its last step."""
         stage = self.config.stage(name)
         if self.step >= stage.steps:
-            return
+            return True
         parameters = stage_parameters(name, self.model, self.mlm_head)
         optimizer = make_optimizer(parameters, self.config, stage.lr)
         if self.optimizer_state is not None:
@@ -402,6 +434,10 @@ class Trainer:
             if self.step % self.config.checkpoint_every == 0 and self.step < stage.steps:
                 self.checkpoint(optimizer)
         bar.close()
+        if self.step < stage.steps:
+            self.checkpoint(optimizer)
+            return False
+        return True
 
     def stage_loss(self, name: str, stage: StageConfig) -> tuple[torch.Tensor, dict[str, float]]:
         generator = torch.Generator().manual_seed(
@@ -474,7 +510,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="batch size of every stage")
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument(
-        "--init-from", type=Path, help="start from the model weights of this rxt-train checkpoint (fresh optimizer)"
+        "--init-from",
+        type=Path,
+        help="start from the model weights of this rxt-train checkpoint or MLX model folder (fresh optimizer)",
     )
     parser.add_argument(
         "--start-stage", choices=STAGES, default=STAGES[0], help="with --init-from: the first stage to run"

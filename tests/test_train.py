@@ -127,7 +127,7 @@ def test_fixed_training_stm_is_the_session_default():
 
 @pytest.mark.slow
 def test_init_from_and_stop_at(trained, tmp_path):
-    """A later segment starts from another run's weights; ``stop_at`` ends a stage early."""
+    """A later segment starts from another run's weights; ``stop_at`` pauses it, ``--resume`` goes on."""
     config = tmp_path / "segment.json"
     stages = {"sft": {"steps": 6, "batch_size": 4, "lr": 0.003, "stop_at": 2}, "smat": {"steps": 2, "batch_size": 4}}
     config.write_text(json.dumps({**TINY, "stages": stages}))
@@ -137,12 +137,35 @@ def test_init_from_and_stop_at(trained, tmp_path):
     history = json.loads((tmp_path / "segment" / "rxlm" / "training.json").read_text())["history"]
     previous = json.loads((run / "rxlm" / "training.json").read_text())["history"]
     assert history[: len(previous)] == previous
+    assert [(r["stage"], r["step"]) for r in history[len(previous) :]] == [("sft", 1), ("sft", 2)]
+    paused = torch.load(tmp_path / "segment" / "checkpoint.pt", weights_only=False)
+    assert (train.STAGES[paused["stage"]], paused["step"]) == ("sft", 2) and paused["optimizer"] is not None
+
+    # the next session raises stop_at (here: removes it) and resumes the same schedule
+    stages["sft"].pop("stop_at")
+    config.write_text(json.dumps({**TINY, "stages": stages}))
+    assert train.main([*args, "--resume"]) == 0
+    history = json.loads((tmp_path / "segment" / "rxlm" / "training.json").read_text())["history"]
     assert [(r["stage"], r["step"]) for r in history[len(previous) :]] == [
-        ("sft", 1),
-        ("sft", 2),
+        *(("sft", step) for step in range(1, 7)),
         ("smat", 1),
         ("smat", 2),
     ]
+
+
+@pytest.mark.slow
+def test_init_from_an_mlx_model_folder(trained, tmp_path):
+    """--init-from an MLX model folder (how the demo's later segments start): the weights carry over exactly."""
+    assert convert_main([str(trained / "run" / "rxlm"), str(tmp_path / "mlx")]) == 0
+    config = tmp_path / "segment.json"
+    config.write_text(json.dumps({**TINY, "stages": {"smat": {"steps": 1, "batch_size": 2, "lr": 0.0}}}))
+    run = trained / "run"
+    args = ["--config", str(config), "--out", str(tmp_path / "segment"), "--tokenizer", str(run / "tokenizer.model")]
+    assert train.main([*args, "--init-from", str(tmp_path / "mlx"), "--start-stage", "smat"]) == 0
+    before = load_reference(run / "rxlm").state_dict()
+    after = load_reference(tmp_path / "segment" / "rxlm").state_dict()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, msg=key)
 
 
 @pytest.mark.slow

@@ -35,6 +35,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rxt_mlx.bench.free_chat import NOT_TOLD, FreeChat
+
 SPLITS = ("train", "heldout")
 HELDOUT_FRACTION = 5  # one value in HELDOUT_FRACTION goes to the held-out split
 
@@ -215,10 +217,12 @@ class LetterChain:
                 return word.capitalize() if capitalize else word
 
 
-def _split_values(values: Iterable[str]) -> dict[str, list[str]]:
-    unique = sorted(set(values))
-    heldout = [v for v in unique if _in_heldout(v)]
-    return {"train": [v for v in unique if v not in set(heldout)], "heldout": heldout}
+def split_values(values: Iterable[str]) -> dict[str, list[str]]:
+    """``{"train": [...], "heldout": [...]}``: each distinct value on the side its hash picks."""
+    split: dict[str, list[str]] = {"train": [], "heldout": []}
+    for value in sorted(set(values)):
+        split["heldout" if _in_heldout(value) else "train"].append(value)
+    return split
 
 
 def _article(word: str) -> str:
@@ -239,6 +243,7 @@ class Slot:
     acknowledgement: str
     answer: str
     values: dict[str, list[str]] = field(repr=False)
+    cores: dict[str, list[str]] = field(default_factory=dict, repr=False)
     made_up: MadeUpWords | None = None
     fresh_share: float = 0.0
     letters: LetterChain | None = None
@@ -380,13 +385,35 @@ SLOT_PHRASES = {
 }
 
 
+# More of the ways people say and ask these things, used with ``open_values`` (the natural
+# dialogues) so the project's own tables stay reproducible.
+NATURAL_CORES = {
+    "name": ["my name's {v}.", "I'm called {v}.", "they call me {v}."],
+    "city": ["I'm from {v}.", "I live in {v} now.", "I grew up in {v} and still live there."],
+    "pet": ["I've got a {kind} called {v}.", "my {kind}'s name is {v}.", "we have a {kind}, {v}."],
+    "job": ["I'm {a} {v}.", "I work as {a} {v} these days.", "I'm working as {a} {v}."],
+    "color": ["I'd say my favourite color is {v}.", "my favourite colour is {v}."],
+    "food": ["I could eat {v} every day.", "nothing beats {v} for me.", "I love {v}."],
+    "number": ["I always pick {v} as my lucky number.", "my lucky number is {v}, always has been."],
+}
+NATURAL_QUESTIONS = {
+    "name": ["Do you know who I am?", "What's my name again?", "Do you remember what I'm called?"],
+    "city": ["Where am I from?", "Do you know where I live?", "Which town do I live in?"],
+    "pet": ["What's my pet called?", "Do you remember my pet?", "What kind of pet do I have?"],
+    "job": ["What do I do?", "What's my job again?", "Do you remember what I work as?"],
+    "color": ["What's my favourite colour?", "Which color do I like best?"],
+    "food": ["What do I like to eat?", "What's my favourite dish?"],
+    "number": ["What's my lucky number again?", "Which number do I consider lucky?"],
+}
+
+
 def _capitalize(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
 def _split_templates(templates: Iterable[str]) -> dict[str, list[str]]:
     """Templates per split by hash; the first template by hash order is forced held out if none is."""
-    split = _split_values(templates)
+    split = split_values(templates)
     if not split["heldout"]:
         first = min(split["train"], key=lambda t: hashlib.sha256(t.encode()).digest())
         split = {"train": [t for t in split["train"] if t != first], "heldout": [first]}
@@ -404,12 +431,29 @@ def _questions(nouns: list[str]) -> list[str]:
     return questions
 
 
-def _slot_templates(nouns: list[str], extra: list[str], cores: list[str]) -> tuple[dict, dict]:
+def _slot_templates(nouns: list[str], extra: list[str], cores: list[str]) -> tuple[dict, dict, dict]:
     statements = [_capitalize(prefix + core) for prefix in STATEMENT_PREFIXES for core in cores]
-    return _split_templates(statements), _split_templates(_questions(nouns) + extra)
+    return _split_templates(statements), _split_templates(_questions(nouns) + extra), _split_templates(cores)
 
 
-def build_slots(made_up_values: bool = True, fresh_values: bool = False, fresh_letters: float = 0.0) -> dict[str, Slot]:
+def _open_values() -> dict[str, list[str]]:
+    """Each slot's values from the data packages (:mod:`rxt_mlx.bench.open_data`)."""
+    from rxt_mlx.bench import open_data
+
+    return {
+        "name": open_data.first_names(),
+        "city": open_data.cities(),
+        "pet": open_data.pet_names(),
+        "job": open_data.jobs(),
+        "color": open_data.colors(),
+        "food": open_data.foods(),
+        "number": [],
+    }
+
+
+def build_slots(
+    made_up_values: bool = True, fresh_values: bool = False, fresh_letters: float = 0.0, open_values: bool = False
+) -> dict[str, Slot]:
     """The fact slots with their per-split value pools and phrasing templates.
 
     ``made_up_values=False`` leaves jobs, colors and foods to the real words (the pools the
@@ -417,7 +461,9 @@ def build_slots(made_up_values: bool = True, fresh_values: bool = False, fresh_l
     training split's names, cities, pet names, jobs, colors and foods made-up words drawn anew
     each time: a model cannot learn that many values by heart, so it learns to copy them.
     ``fresh_letters`` of those fresh words are spelled by a :class:`LetterChain` of the
-    training split's real words instead of from syllables.
+    training split's real words instead of from syllables. ``open_values=True`` adds the large
+    pools of :mod:`rxt_mlx.bench.open_data` (thousands of first names and cities, job titles,
+    color and food names) to each slot's real values, split by the same hash.
     """
     names, cities, pets = MadeUpWords(), MadeUpWords(1, tuple(CITY_SUFFIXES)), MadeUpWords(1)
     lowercase = MadeUpWords(capitalize=False)
@@ -432,20 +478,31 @@ def build_slots(made_up_values: bool = True, fresh_values: bool = False, fresh_l
         "food": (FOODS, lowercase, lowercase.pool(300, "foods") if made_up_values else []),
         "number": (_numbers(), None, []),
     }
+    if open_values:
+        opened = _open_values()
+        words = {name: (real + opened[name], made_up, pool) for name, (real, made_up, pool) in words.items()}
     letters = None
     if fresh_letters:
         # per slot, so a word in two lists (Bella, Sofia) counts twice
         real_words = (
-            w for name, (real, _, _) in words.items() if name != "number" for w in _split_values(real)["train"]
+            w
+            for name, (real, _, _) in words.items()
+            if name != "number"
+            for w in split_values(real)["train"]
+            if w.isalpha()
         )
         letters = LetterChain.fit(real_words)
     slots = {}
     for name, (nouns, extra, cores, ack, answer) in SLOT_PHRASES.items():
-        statements, questions = _slot_templates(nouns, extra, cores)
+        if open_values:
+            extra, cores = extra + NATURAL_QUESTIONS[name], cores + NATURAL_CORES[name]
+        statements, questions, core_split = _slot_templates(nouns, extra, cores)
         real, made_up, pool = words[name]
         fresh = 0.5 if fresh_values and made_up and pool else 0.0
-        values = _split_values(real + pool)
-        slots[name] = Slot(name, statements, questions, ack, answer, values, made_up, fresh, letters, fresh_letters)
+        values = split_values(real + pool)
+        slots[name] = Slot(
+            name, statements, questions, ack, answer, values, core_split, made_up, fresh, letters, fresh_letters
+        )
     return slots
 
 
@@ -505,35 +562,77 @@ def generate_conversation(
     min_turns: int = 6,
     max_turns: int = 10,
     max_facts: int = 4,
+    chat: FreeChat | None = None,
 ) -> Conversation:
-    """One synthetic conversation drawn from ``split``'s values and templates."""
+    """One synthetic conversation drawn from ``split``'s values and templates.
+
+    With ``chat`` the off-topic turns are free-form lines with generic replies, and some
+    statements open with a remark, state two facts at once, or a question asks about a fact
+    never stated (see :class:`rxt_mlx.bench.free_chat.FreeChat`); without it, :data:`SMALLTALK`.
+    """
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     num_turns = rng.randint(min_turns, max_turns)
     chosen = rng.sample(sorted(slots), k=rng.randint(1, min(max_facts, len(slots))))
     turns: list[Turn | None] = [None] * num_turns
-    for slot_name, stated, asked in _place_facts(rng, num_turns, chosen, max_distance=num_turns - 1):
+    placed = _place_facts(rng, num_turns, chosen, max_distance=num_turns - 1)
+    for slot_name, stated, asked in placed:
         slot = slots[slot_name]
         fields = slot.sample(split, rng)
         values = slot.entities(fields)
+        lead = chat.lead(split, rng) if chat else ""
         turns[stated] = Turn(
-            rng.choice(slot.statements[split]).format(**fields),
+            lead + rng.choice(slot.statements[split]).format(**fields),
             slot.acknowledgement.format(**fields),
             "statement",
             slot_name,
             values,
         )
         if asked is not None:
-            turns[asked] = Turn(
-                rng.choice(slot.questions[split]),
-                slot.answer.format(**fields),
-                "question",
-                slot_name,
-                values,
-                asked - stated,
-            )
-    filled = [turn or Turn(*rng.choice(SMALLTALK), "smalltalk") for turn in turns]
+            turns[asked] = _question(rng, split, slot, fields, asked - stated)
+    if chat:
+        _add_free_chat(rng, split, slots, turns, chosen, chat)
+    filled = [turn or _filler(rng, split, chat) for turn in turns]
     return Conversation(tuple(filled))
+
+
+def _question(rng: random.Random, split: str, slot: Slot, fields: dict[str, str], distance: int) -> Turn:
+    return Turn(
+        rng.choice(slot.questions[split]),
+        slot.answer.format(**fields),
+        "question",
+        slot.name,
+        slot.entities(fields),
+        distance,
+    )
+
+
+def _filler(rng: random.Random, split: str, chat: FreeChat | None) -> Turn:
+    return Turn(*(chat.filler(split, rng) if chat else rng.choice(SMALLTALK)), "smalltalk")
+
+
+def _add_free_chat(rng, split, slots, turns: list[Turn | None], chosen: list[str], chat: FreeChat) -> None:
+    """Two facts in one message, and a question about a fact never stated, in free turns."""
+    unused = [name for name in sorted(slots) if name not in chosen]
+    statements = [i for i, turn in enumerate(turns) if turn and turn.kind == "statement"]
+    if unused and statements and rng.random() < chat.pair_share:
+        stated = rng.choice(statements)
+        first, slot = turns[stated], slots[unused.pop(rng.randrange(len(unused)))]
+        fields = slot.sample(split, rng)
+        core = rng.choice(slot.cores[split]).format(**fields)
+        joined = first.query.rstrip(".") + " and " + core
+        ack = first.answer + " " + slot.acknowledgement.format(**fields)
+        turns[stated] = Turn(
+            joined, ack, "statement", f"{first.slot}+{slot.name}", first.values + slot.entities(fields)
+        )
+        later = [i for i in range(stated + 1, len(turns)) if turns[i] is None]
+        if later:
+            asked = rng.choice(later)
+            turns[asked] = _question(rng, split, slot, fields, asked - stated)
+    free = [i for i, turn in enumerate(turns) if turn is None]
+    if unused and free and rng.random() < chat.not_told_share:
+        slot = slots[rng.choice(unused)]
+        turns[rng.choice(free)] = Turn(rng.choice(slot.questions[split]), NOT_TOLD[slot.name], "not_told", slot.name)
 
 
 def generate_conversations(
@@ -546,11 +645,26 @@ def generate_conversations(
     made_up_values: bool = True,
     fresh_values: bool = False,
     fresh_letters: float = 0.0,
+    open_values: bool = False,
+    chat: FreeChat | None = None,
 ) -> list[Conversation]:
     """``count`` reproducible conversations of ``split`` (same arguments, same conversations)."""
     rng = random.Random(f"rxt-dialogue:{split}:{seed}")
-    slots = build_slots(made_up_values, fresh_values, fresh_letters)
-    return [generate_conversation(rng, split, slots, min_turns, max_turns, max_facts) for _ in range(count)]
+    slots = build_slots(made_up_values, fresh_values, fresh_letters, open_values)
+    return [generate_conversation(rng, split, slots, min_turns, max_turns, max_facts, chat) for _ in range(count)]
+
+
+def natural_conversations(count: int, split: str = "heldout", seed: int = 0) -> list[Conversation]:
+    """The natural dialogues of ``rxt-eval --natural``: real values of the data packages only (no
+    made-up words), free-form filler, 6-12 turns."""
+    return generate_conversations(
+        count, split, seed, 6, 12, made_up_values=False, open_values=True, chat=FreeChat.load()
+    )
+
+
+def natural_slots() -> dict[str, Slot]:
+    """The slots :func:`natural_conversations` draws from (their pools give the chance figure)."""
+    return build_slots(made_up_values=False, open_values=True)
 
 
 def iterate_conversations(split: str = "train", seed: int = 0, **kwargs) -> Iterator[Conversation]:

@@ -10,6 +10,11 @@ entity match. Results are broken down by how many turns back the fact was stated
   sees no memory. Chance is what guessing gives: 1 / (number of values the split can hold
   for that fact), averaged over the questions.
 
+``--natural`` plays the natural dialogues instead (:func:`dialogues.natural_conversations`):
+real names, cities, jobs, colors and foods from the data packages, free-form filler lines a
+person types, two facts in one message, and questions about facts never stated, which are
+scored separately (the answer must say it was not told).
+
 Perplexity: teacher-forced over the reference answers (answer tokens and EOS), the STM
 carried through the reference interactions.
 """
@@ -85,6 +90,7 @@ class EvalResult:
     )
     answers_exact: int = 0
     answers: int = 0
+    not_told: RecallTally = field(default_factory=RecallTally)
     nll: float = 0.0
     answer_tokens: int = 0
     transcript: list[dict[str, str]] = field(default_factory=list)
@@ -111,6 +117,7 @@ class EvalResult:
             "conversations": self.conversations,
             "recall": recall,
             "answers_exact": self.answers_exact / max(self.answers, 1),
+            "not_told": self.not_told.to_dict(),
             "answer_perplexity": self.perplexity,
             "answer_tokens": self.answer_tokens,
             "example": self.transcript,
@@ -132,8 +139,13 @@ class EvalResult:
                 f"{name:>10} {carried.questions:>9} {c['exact']:>7.1%} {c['entity']:>7.1%} "
                 f"{a['exact']:>8.1%} {a['entity']:>8.1%} {c['chance']:>7.2%}"
             )
+        lines.append("")
+        if self.not_told.questions:
+            told = self.not_told.to_dict()["exact"]
+            lines.append(
+                f"questions about facts never stated, answered as not told: {told:.1%} of {self.not_told.questions}"
+            )
         lines += [
-            "",
             f"all answers exact (memory carried): {self.answers_exact / max(self.answers, 1):.1%} of {self.answers}",
             f"answer perplexity (teacher-forced, memory carried): {self.perplexity:.3f} "
             f"over {self.answer_tokens} tokens",
@@ -172,6 +184,8 @@ def evaluate_recall(model, tokenizer, conversations, result: EvalResult, split: 
             result.answers_exact += correct
             if number == 0:
                 result.transcript.append({"query": turn.query, "answer": answer, "expected": turn.answer})
+            if turn.kind == "not_told":
+                result.not_told.add(correct, correct, 0.0)
             if turn.kind != "question" or turn.distance is None:
                 continue
             chance = chance_of(turn, split, slots)
@@ -231,6 +245,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--conversations", type=int, default=200, help="number of conversations (default 200)")
     parser.add_argument("--seed", type=int, default=1234, help="data seed (the demo was trained on train seeds)")
     parser.add_argument("--data", type=Path, help="evaluate these JSONL conversations instead of synthetic ones")
+    parser.add_argument(
+        "--natural",
+        action="store_true",
+        help="natural dialogues: real values from the data packages, free-form filler, facts never stated",
+    )
     parser.add_argument("--stm-seed", type=int, default=0, help="seed of the initial STM (Session default: 0)")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -242,11 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         conversations = dialogues.load_jsonl(args.data)[: args.conversations]
         slots = None
+    elif args.natural:
+        conversations = dialogues.natural_conversations(args.conversations, args.split, args.seed)
+        slots = dialogues.natural_slots()
     else:
         conversations = dialogues.generate_conversations(args.conversations, args.split, args.seed)
         slots = dialogues.build_slots()
     model, tokenizer = rxt_mlx.load(args.model)
-    result = EvalResult(str(args.model), "jsonl" if args.data else args.split, len(conversations))
+    split = "jsonl" if args.data else args.split + (" natural" if args.natural else "")
+    result = EvalResult(str(args.model), split, len(conversations))
     evaluate_recall(model, tokenizer, conversations, result, args.split, slots, args)
     evaluate_perplexity(model, tokenizer, conversations, result, args.stm_seed)
     print(result.table())
