@@ -1,9 +1,12 @@
 """``rxt-chat --plain``: one query per stdin line, each answer streamed to stdout.
 
 A line ends with ``\\n``, ``\\r\\n`` or ``\\r``; bytes that are not UTF-8 become U+FFFD; empty lines
-are skipped. The memory is updated after every answer; with ``--stm FILE`` it is saved after every
-turn and the next run resumes from it. Before the model loads, the memory file's folder is made if
-missing and must take new files, and the temp files a killed earlier run left there are removed.
+are skipped. A line starting with ``/`` is a command (``/help`` lists them: /bye, /clear, /save,
+/load, /set; see :mod:`rxt_app.plain_commands`); what a command says goes to stderr, so stdout
+holds only answers (and the ``>>>`` prompt on a terminal). The memory is updated after every
+answer; with ``--stm FILE`` it is saved after every turn and the next run resumes from it. Before
+the model loads, the memory file's folder is made if missing and must take new files, and the
+temp files a killed earlier run left there are removed.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from rxt_app.plain_commands import CommandError, PlainChat, is_command, run_command
+
 from rxt_mlx.sampling import SamplingOptions
 from rxt_mlx.session import Session, TokenEvent
 from rxt_mlx.stm import TEMP_SUFFIX, STMFileError, remove_temp_files
 
 LINE_END = re.compile(r"\r\n|\r|\n")
+PROMPT = ">>> "
 READ_SIZE = 1 << 16
 
 
@@ -81,30 +87,59 @@ def chat(
     queries: BinaryIO,
     out: TextIO,
     log: TextIO,
+    system_prompt: str | None = None,
+    prompt: str = "",
 ) -> int:
-    """Answer every non-empty line of ``queries`` (bytes, see :func:`query_lines`).
+    """Answer every non-empty line of ``queries`` (bytes, see :func:`query_lines`); do the commands.
 
-    Returns 0, or 1 if some query was refused (it is reported on ``log`` and the chat goes on).
+    ``prompt`` is written to ``out`` before each line is read (``>>> `` on a terminal). Returns 0,
+    or 1 if some query or command was refused (it is reported on ``log`` and the chat goes on).
     """
+    state = PlainChat(session, sampling, stm_path, system_prompt)
     status = 0
-    for query in query_lines(queries):
-        if not query.strip():
-            continue
-        try:
-            for event in session.generate(query, **sampling.as_kwargs()):
-                if isinstance(event, TokenEvent) and event.text:
-                    out.write(event.text)
-                    out.flush()
-        except ValueError as error:
-            print(f"rxt-chat: {error}", file=log, flush=True)
-            status = 1
-            continue
-        out.write("\n")
-        out.flush()
-        session.update_memory()
-        if stm_path is not None:
-            session.save_stm(stm_path)
+    _write(out, prompt)
+    for line in query_lines(queries):
+        if line.strip():
+            status |= (
+                _command(state, line, log) if is_command(line) else _answer(state, line.removeprefix("/"), out, log)
+            )
+        if state.ended:
+            break
+        _write(out, prompt)
     return status
+
+
+def _command(state: PlainChat, line: str, log: TextIO) -> int:
+    """Do a command; returns 1 if it was refused."""
+    try:
+        print(run_command(state, line.strip()), file=log, flush=True)
+    except CommandError as error:
+        print(f"rxt-chat: {error}", file=log, flush=True)
+        return 1
+    return 0
+
+
+def _answer(state: PlainChat, query: str, out: TextIO, log: TextIO) -> int:
+    """Stream the answer to ``query`` and memorize the turn; returns 1 if the query was refused."""
+    session = state.session
+    try:
+        for event in session.generate(query, **state.sampling.as_kwargs()):
+            if isinstance(event, TokenEvent) and event.text:
+                _write(out, event.text)
+    except ValueError as error:
+        print(f"rxt-chat: {error}", file=log, flush=True)
+        return 1
+    _write(out, "\n")
+    session.update_memory()
+    if state.stm_path is not None:
+        session.save_stm(state.stm_path)
+    return 0
+
+
+def _write(out: TextIO, text: str) -> None:
+    if text:
+        out.write(text)
+        out.flush()
 
 
 def run_plain(
@@ -127,4 +162,8 @@ def run_plain(
     except (ValueError, OSError) as error:  # bad model folder, refused STM file, too long system prompt
         print(f"rxt-chat: cannot start: {error}", file=sys.stderr, flush=True)
         return 2
-    return chat(session, sampling, stm_path, sys.stdin.buffer, sys.stdout, sys.stderr)
+    interactive = sys.stdin.buffer.isatty()
+    if interactive:
+        print("Type a message; /help lists the commands, /bye ends the chat.", file=sys.stderr, flush=True)
+    prompt = PROMPT if interactive else ""
+    return chat(session, sampling, stm_path, sys.stdin.buffer, sys.stdout, sys.stderr, system_prompt, prompt)
