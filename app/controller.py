@@ -438,6 +438,9 @@ class ChatController:
             self._redo[conversation_id] = (revision, kept)
             self._drop_redo(conversation_id)
             self._resync(conversation_id)
+            if isinstance(error, TurnConflictError):
+                message = "Cannot redo: the conversation changed since the rewind (maybe in another window)."
+                raise ActionRefused(message) from error
             raise ActionRefused(f"Cannot redo: {error}", "error") from error
         with _refused_on_storage_error():
             conversation = self._load(self.storage.conversation(conversation_id))
