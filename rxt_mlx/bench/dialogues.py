@@ -452,7 +452,11 @@ def _open_values() -> dict[str, list[str]]:
 
 
 def build_slots(
-    made_up_values: bool = True, fresh_values: bool = False, fresh_letters: float = 0.0, open_values: bool = False
+    made_up_values: bool = True,
+    fresh_values: bool = False,
+    fresh_letters: float = 0.0,
+    open_values: bool = False,
+    real_only: bool = False,
 ) -> dict[str, Slot]:
     """The fact slots with their per-split value pools and phrasing templates.
 
@@ -463,7 +467,8 @@ def build_slots(
     ``fresh_letters`` of those fresh words are spelled by a :class:`LetterChain` of the
     training split's real words instead of from syllables. ``open_values=True`` adds the large
     pools of :mod:`rxt_mlx.bench.open_data` (thousands of first names and cities, job titles,
-    color and food names) to each slot's real values, split by the same hash.
+    color and food names) to each slot's real values, split by the same hash. ``real_only=True``
+    leaves out every made-up word (the natural evaluation asks only about real values).
     """
     names, cities, pets = MadeUpWords(), MadeUpWords(1, tuple(CITY_SUFFIXES)), MadeUpWords(1)
     lowercase = MadeUpWords(capitalize=False)
@@ -481,6 +486,8 @@ def build_slots(
     if open_values:
         opened = _open_values()
         words = {name: (real + opened[name], made_up, pool) for name, (real, made_up, pool) in words.items()}
+    if real_only:
+        words = {name: (real, made_up, []) for name, (real, made_up, _) in words.items()}
     letters = None
     if fresh_letters:
         # per slot, so a word in two lists (Bella, Sofia) counts twice
@@ -647,24 +654,23 @@ def generate_conversations(
     fresh_letters: float = 0.0,
     open_values: bool = False,
     chat: FreeChat | None = None,
+    real_only: bool = False,
 ) -> list[Conversation]:
     """``count`` reproducible conversations of ``split`` (same arguments, same conversations)."""
     rng = random.Random(f"rxt-dialogue:{split}:{seed}")
-    slots = build_slots(made_up_values, fresh_values, fresh_letters, open_values)
+    slots = build_slots(made_up_values, fresh_values, fresh_letters, open_values, real_only)
     return [generate_conversation(rng, split, slots, min_turns, max_turns, max_facts, chat) for _ in range(count)]
 
 
 def natural_conversations(count: int, split: str = "heldout", seed: int = 0) -> list[Conversation]:
     """The natural dialogues of ``rxt-eval --natural``: real values of the data packages only (no
     made-up words), free-form filler, 6-12 turns."""
-    return generate_conversations(
-        count, split, seed, 6, 12, made_up_values=False, open_values=True, chat=FreeChat.load()
-    )
+    return generate_conversations(count, split, seed, 6, 12, open_values=True, chat=FreeChat.load(), real_only=True)
 
 
 def natural_slots() -> dict[str, Slot]:
     """The slots :func:`natural_conversations` draws from (their pools give the chance figure)."""
-    return build_slots(made_up_values=False, open_values=True)
+    return build_slots(open_values=True, real_only=True)
 
 
 def iterate_conversations(split: str = "train", seed: int = 0, **kwargs) -> Iterator[Conversation]:
