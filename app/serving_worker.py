@@ -7,18 +7,23 @@ and events, so a :class:`~rxt_app.controller.ChatController` drives it unchanged
   turn: :class:`Generate` (the request's sampling options and stop strings) or :class:`Absorb`
   (a turn the client already has, query and answer, written into the memory by one memory
   update without decoding: the history an OpenAI client resends);
-* a system prompt in a conversation's initial memory (``system_prompt_of``, asked when a
-  conversation is loaded at turn 0);
 * stopping one conversation's turn (:meth:`ServingWorker.stop_turn`, a client that went away)
   instead of whichever answer is being generated;
 * :class:`AnswerEnded` before ``AnswerFinished``: why the answer ended and the prompt's size;
 * greedy answers of different conversations decoded together, as the rows of one batch
   (:class:`rxt_mlx.batch.DecodeBatch`): the turns queued behind the first one, and those that
-  arrive while it decodes, join between two steps (up to ``max_batch``); a row leaves when its
-  answer ends, and its memory is updated and saved at once. Sampled answers are decoded alone by
-  their Session (a seed then gives the answer it gives alone). Jobs of other conversations run
-  between two steps; a job of a conversation in the batch waits for its row, so one
-  conversation's turns keep their order.
+  arrive while it decodes, join between two steps (up to ``max_batch``; those joining together are
+  prefilled in one call); a row leaves when its answer ends, and the memory updates of rows that
+  end within a few steps of each other run as one batch (:func:`rxt_mlx.batch.update_memories`)
+  on a stream of their own. Sampled answers are decoded alone by their Session (a seed then gives
+  the answer it gives alone). Jobs of other conversations run between two steps (taken with
+  :meth:`~rxt_app.worker.InferenceWorker.take_job`); a job of a conversation in the batch waits
+  for its row, so one conversation's turns keep their order;
+* snapshots written by a :class:`~rxt_app.snapshot_writer.SnapshotWriter` thread: the inference
+  thread goes on decoding while a turn's file is written and fsynced, and TurnSaved is posted
+  once it is on disk.
+
+The system prompt of a conversation's turn-0 memory is the worker's ``system_prompt_of``.
 
 A turn whose answer met a stop string memorises the answer the client got: the text before the
 stop string.
@@ -34,26 +39,28 @@ from traceback import format_exc
 from typing import Any
 
 from rxt_app.answer_rows import AnswerRow, DecodedAnswer, finish_reason
+from rxt_app.snapshot_writer import SnapshotWriter
 from rxt_app.stop_strings import StopStrings
 from rxt_app.storage import TurnStats
 from rxt_app.worker import (
     AnswerFinished,
     InferenceWorker,
     JobFailed,
-    SessionReady,
     TokenText,
     TurnSaved,
     TurnStarted,
-    _Open,
     _Send,
     memory_change,
 )
 
 from rxt_mlx.sampling import SamplingOptions
 
+UPDATE_GATHER_STEPS = 2
+"""Decoder steps a finished row's memory update waits for other rows to finish, so that their
+updates run as one batch (at once when no row is left)."""
 UPDATE_LAG_STEPS = 3
-"""Decoder steps of the other rows between the end of an answer and the saving of its memory
-update, which runs on its own stream meanwhile (and is waited for if not done by then)."""
+"""Decoder steps of the other rows between the start of memory updates and the saving of their
+results; they run on their own stream meanwhile (and are waited for if not done by then)."""
 
 
 @dataclass(frozen=True)
@@ -90,11 +97,6 @@ class _PlannedSend(_Send):
     plan: TurnPlan | None = None
 
 
-@dataclass(frozen=True)
-class _OpenWithSystemPrompt(_Open):
-    system_prompt: str | None = None
-
-
 class ServingWorker(InferenceWorker):
     """The one inference thread of rxt-serve (see the module docstring).
 
@@ -122,6 +124,7 @@ class ServingWorker(InferenceWorker):
         self._decoding: set[tuple[str, int]] = set()
         self._update_stream = None
         self._batch = None
+        self._snapshots = SnapshotWriter()
 
     def plan_turn(self, conversation_id: str, plan: TurnPlan) -> None:
         """How the next turn sent for ``conversation_id`` runs (call just before the controller sends it)."""
@@ -134,10 +137,6 @@ class ServingWorker(InferenceWorker):
     def send(self, conversation_id: str, turn: int, query: str, snapshot: Path) -> None:
         self._jobs.put(_PlannedSend(conversation_id, turn, query, snapshot, self._plans.pop(conversation_id, None)))
 
-    def open(self, conversation_id: str, turn: int, snapshots: list[Path]) -> None:
-        system_prompt = self.system_prompt_of(conversation_id) if turn == 0 else None
-        self._jobs.put(_OpenWithSystemPrompt(conversation_id, turn, tuple(snapshots), system_prompt))
-
     def stop_turn(self, conversation_id: str, turn: int) -> None:
         """Stop ``turn`` of a conversation (thread-safe); its partial answer is kept and memorised."""
         with self._lock:
@@ -149,18 +148,17 @@ class ServingWorker(InferenceWorker):
         with self._lock:
             self._stop_requests |= self._decoding
 
+    def wait_idle(self) -> None:
+        """Block until every queued job is done and its snapshot written."""
+        super().wait_idle()
+        self._snapshots.wait()
+
+    def shutdown(self, timeout: float | None = 30.0) -> None:
+        """Finish the queued jobs and the snapshot writes, then end both threads."""
+        super().shutdown(timeout)
+        self._snapshots.close(timeout)
+
     # ----- on the inference thread
-
-    def _open(self, job: _Open) -> None:
-        system_prompt = getattr(job, "system_prompt", None)
-        if not system_prompt:
-            super()._open(job)
-            return
-        from rxt_mlx.session import Session
-
-        self._sessions.pop(job.conversation_id, None)
-        self._sessions[job.conversation_id] = Session(self.model, self.tokenizer, system_prompt=system_prompt)
-        self._post(SessionReady(job.conversation_id, job.turn))
 
     def _send(self, job: _Send) -> None:
         plan = self._plan(job)
@@ -242,7 +240,7 @@ class ServingWorker(InferenceWorker):
 
     def _decode_together(self, first: _Send) -> None:
         """Decode ``first`` and the turns queued behind it (and arriving meanwhile) as rows of one
-        batch; each row's memory is updated and saved as soon as its answer ends.
+        batch; the memories of rows that end are updated together and saved.
 
         Each step is computed while the tokens of the step before are shown (as Session does).
         Jobs of conversations not in the batch that cannot join it (loads, written turns, sampled
@@ -256,9 +254,11 @@ class ServingWorker(InferenceWorker):
             vocab = min(self.model.config.decoder.vocab_size, self.tokenizer.vocab_size)
             self._batch = DecodeBatch(self.model.decoder, vocab)
         together = _Together(self._batch)
-        taken = []
+        taken = 0
         try:
-            self._join(together, first)
+            joining = [first, *self._take_queued(together, 1)]
+            taken += len(joining) - 1
+            self._join(together, joining)
             while together.rows:
                 tokens = together.tokens
                 together.tokens = greedy(together.batch.step(tokens))
@@ -266,59 +266,95 @@ class ServingWorker(InferenceWorker):
                 for index, token in reversed(list(enumerate(tokens.tolist()))):
                     if together.rows[index][2].accept(token):
                         self._leave(together, index)
+                self._start_updates(together, UPDATE_GATHER_STEPS)
                 self._complete_updates(together, UPDATE_LAG_STEPS)
-                self._take_queued(together, taken)
+                joining = self._take_queued(together, len(together.rows))
+                taken += len(joining)
+                self._join(together, joining)
         except Exception as error:  # noqa: BLE001 - each row still in the batch is reported as failed
             self._batch = None
             for job, _, _ in together.rows:
                 self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
         finally:
-            self._complete_updates(together, 0)
+            self._start_updates(together, -1)
+            self._complete_updates(together, -1)
             with self._lock:
                 self._decoding.clear()
-            for _ in taken:
-                self._jobs.task_done()
+            for _ in range(taken + together.ran):
+                self.job_done()
+
+    def _start_updates(self, together: _Together, gather: int) -> None:
+        """Start the memory updates of the rows that ended, as one batch, once the first of them
+        has waited more than ``gather`` steps or no row is left."""
+        for update in together.ended:
+            update.steps += 1
+        if not together.ended or (together.rows and together.ended[0].steps <= gather):
+            return
+        updates, together.ended = together.ended, []
+        try:
+            self._start_update(updates)
+        except Exception as error:  # noqa: BLE001 - these turns fail, the batch goes on
+            for update in updates:
+                job = update.job
+                self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+            return
+        together.updating.extend(updates)
 
     def _complete_updates(self, together: _Together, lag: int) -> None:
-        """Save the memory updates started ``lag`` or more steps ago (each waits for its STM)."""
+        """Save the memory updates started more than ``lag`` steps ago (each waits for its STM)."""
         for update in list(together.updating):
             update.steps += 1
             if update.steps > lag:
                 together.updating.remove(update)
                 self._run_between(update.job, lambda update=update: self._complete_update(update))
 
-    def _join(self, together: _Together, job: _Send) -> None:
-        """Prefill ``job``'s answer and add it as the batch's last row (a job that cannot start is
-        reported failed); its first token is shown after the next step is launched."""
+    def _join(self, together: _Together, jobs: list[_Send]) -> None:
+        """Prefill the answers of ``jobs`` together and add them as the batch's last rows (a job
+        that cannot start is reported failed); their first tokens are shown after the next step
+        is launched."""
         import mlx.core as mx
 
-        try:
-            session = self._open_session(job)
-            plan = self._plan(job)
-            prompt = self.tokenizer.query_ids(job.query)
-            budget = answer_budget(self.model.config.decoder.seq_len, len(prompt), plan.options.max_tokens)
-            self._starting(job)
-            row = AnswerRow(
-                prompt,
-                budget,
-                self.tokenizer.eos_id,
-                StopStrings(plan.stop),
-                self.tokenizer.streaming_detokenizer(),
-                self.tokenizer.decode,
-                lambda text: self._post_text(job, text),
-                lambda: self._stop_requested(job),
-            )
-            first = greedy(together.batch.add(prompt, self.model.decoder.project_memory(session.stm)))
-        except Exception as error:  # noqa: BLE001 - this turn fails, the batch goes on
-            self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+        rows = []
+        for job in jobs:
+            try:
+                rows.append((job, *self._answer_row(job)))
+            except Exception as error:  # noqa: BLE001 - this turn fails, the batch goes on
+                self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+        if not rows:
             return
-        together.rows.append((job, session, row))
+        try:
+            prompts = [row.prompt for _, _, row in rows]
+            first = greedy(together.batch.add_rows(prompts, [session.memory for _, session, _ in rows]))
+        except Exception as error:  # noqa: BLE001 - these turns fail, the batch goes on
+            for job, _, _ in rows:
+                self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+            return
+        together.rows.extend(rows)
         together.tokens = first if together.tokens is None else mx.concatenate([together.tokens, first])
         with self._lock:
-            self._decoding.add((job.conversation_id, job.turn))
+            self._decoding.update((job.conversation_id, job.turn) for job, _, _ in rows)
+
+    def _answer_row(self, job: _Send) -> tuple[Any, AnswerRow]:
+        """The Session of ``job``'s conversation and the row of its answer; posts TurnStarted."""
+        session = self._open_session(job)
+        plan = self._plan(job)
+        prompt = self.tokenizer.query_ids(job.query)
+        budget = answer_budget(self.model.config.decoder.seq_len, len(prompt), plan.options.max_tokens)
+        self._starting(job)
+        row = AnswerRow(
+            prompt,
+            budget,
+            self.tokenizer.eos_id,
+            StopStrings(plan.stop),
+            self.tokenizer.streaming_detokenizer(),
+            self.tokenizer.decode,
+            lambda text: self._post_text(job, text),
+            lambda: self._stop_requested(job),
+        )
+        return session, row
 
     def _leave(self, together: _Together, index: int) -> None:
-        """Row ``index``'s answer ended: out of the batch, then its memory update and save."""
+        """Row ``index``'s answer ended: out of the batch; its memory update waits to start."""
         import mlx.core as mx
 
         job, session, row = together.rows.pop(index)
@@ -328,38 +364,43 @@ class ServingWorker(InferenceWorker):
         with self._lock:
             self._decoding.discard((job.conversation_id, job.turn))
         self._run_between(
-            job, lambda: together.updating.append(self._finish(job, session.stm, session.turn, row.result()))
+            job, lambda: together.ended.append(self._finish(job, session.stm, session.turn, row.result()))
         )
 
-    def _take_queued(self, together: _Together, taken: list) -> None:
-        """Take the jobs at the head of the queue that need not wait for a row of the batch."""
-        while len(together.rows) < self.max_batch:
-            with self._jobs.mutex:
-                job = self._jobs.queue[0] if self._jobs.queue else None
-                in_batch = {row_job.conversation_id for row_job, _, _ in together.rows}
-                in_batch |= {update.job.conversation_id for update in together.updating}
-                if getattr(job, "conversation_id", None) in in_batch | {None}:  # also: nothing queued, shutdown
-                    return
-                self._jobs.queue.popleft()
-            taken.append(job)
+    def _take_queued(self, together: _Together, rows: int) -> list[_Send]:
+        """Take the jobs at the head of the queue that need not wait for a row of the batch, up to
+        ``max_batch`` rows with ``rows`` rows in it: the answers that join it (returned, in order),
+        and the other jobs, which run now."""
+        joining: list[_Send] = []
+        while rows + len(joining) < self.max_batch:
+            busy = {job.conversation_id for job, _, _ in together.rows}
+            busy |= {update.job.conversation_id for update in together.ended + together.updating}
+            busy |= {job.conversation_id for job in joining}
+            job = self.take_job(lambda job, busy=busy: getattr(job, "conversation_id", None) not in busy)
+            if job is None:
+                return joining
             if isinstance(job, _Send) and batchable(self._plan(job)):
-                self._join(together, job)
+                joining.append(job)
             else:
+                together.ran += 1
                 self._run_between(job)
+        return joining
 
     def _run_between(self, job, work: Callable[[], None] | None = None) -> None:
         """Run a job (or ``work`` for it) between two steps of the batch, reporting its failure as
         the worker's loop does."""
+        if work is None:
+            self.run_job(job)
+            return
         try:
-            work() if work is not None else self._handle(job)
+            work()
         except Exception as error:  # noqa: BLE001 - reported, the worker goes on
-            conversation_id, turn = getattr(job, "conversation_id", None), getattr(job, "turn", None)
-            self._post(JobFailed(conversation_id, turn, f"{type(error).__name__}: {error}", format_exc()))
+            self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
 
     # ----- after an answer
 
     def _finish(self, job: _Send, previous_stm, previous_turn: int, answer: DecodedAnswer) -> _MemoryUpdate:
-        """Post the answer, then start updating the memory with it (what the client got)."""
+        """Post the answer; returns its memory update (with what the client got), not started."""
         prompt = self.tokenizer.query_ids(job.query)
         self._post(AnswerEnded(job.conversation_id, job.turn, answer.finish_reason, len(prompt)))
         self._post(
@@ -379,7 +420,7 @@ class ServingWorker(InferenceWorker):
         stats = TurnStats(
             len(answer.ids), answer.prompt_seconds, answer.ttft_seconds, answer.tokens_per_second, 0.0, answer.stopped
         )
-        return self._start_update(job, previous_stm, previous_turn, interaction, answer.text, stats)
+        return self._memory_update(job, previous_stm, previous_turn, interaction, answer.text, stats)
 
     def _absorb(self, job: _Send, plan: Absorb) -> None:
         session = self._open_session(job)
@@ -387,65 +428,86 @@ class ServingWorker(InferenceWorker):
         self._post(AnswerFinished(job.conversation_id, job.turn, plan.answer, 0, 0.0, 0.0, 0.0, False))
         interaction = self.tokenizer.interaction_ids(job.query, plan.answer)
         stats = TurnStats(0, 0.0, 0.0, 0.0, 0.0)
-        self._complete_update(self._start_update(job, session.stm, session.turn, interaction, plan.answer, stats))
+        self._complete_update(self._memory_update(job, session.stm, session.turn, interaction, plan.answer, stats))
 
-    def _start_update(
+    def _memory_update(
         self, job: _Send, stm, turn: int, interaction: list[int], answer: str, stats: TurnStats
     ) -> _MemoryUpdate:
-        """Start Session's memory update of ``stm`` (after ``turn`` turns) with ``interaction``, on
-        a stream of its own, so that answers decoded together go on meanwhile."""
-        import mlx.core as mx
-
-        if self._update_stream is None:
-            self._update_stream = mx.new_stream(mx.cpu)
-        started = time.perf_counter()
+        """The memory update of ``stm`` (after ``turn`` turns) with ``interaction``, not started."""
         limit = self.model.config.encoder.seq_len
         if len(interaction) > limit:  # a stop-string cut answer re-tokenized, one EOS longer than decoded
             interaction = [*interaction[: limit - 1], self.tokenizer.eos_id]
+        return _MemoryUpdate(job, stm, turn, interaction, answer, stats, time.perf_counter())
+
+    def _start_update(self, updates: list[_MemoryUpdate]) -> None:
+        """Start Session's memory updates of ``updates`` as one batch, on a stream of their own, so
+        that answers decoded together go on meanwhile."""
+        import mlx.core as mx
+
+        from rxt_mlx.batch import update_memories
+
+        if self._update_stream is None:
+            self._update_stream = mx.new_stream(mx.cpu)
         with mx.stream(self._update_stream):
-            updated = self.model.update_memory(stm, mx.array([interaction], dtype=mx.uint32))
-        mx.async_eval(updated)
-        return _MemoryUpdate(job, stm, turn, answer, stats, updated, started)
+            stms = update_memories(
+                self.model, [update.previous_stm for update in updates], [update.interaction for update in updates]
+            )
+        mx.async_eval(stms)
+        for update, stm in zip(updates, stms, strict=True):
+            update.stm, update.steps = stm, 0
 
     def _complete_update(self, update: _MemoryUpdate) -> None:
-        """Make the updated memory the conversation's Session, save it, post TurnSaved."""
+        """Make the updated memory the conversation's Session and hand its snapshot to the writer,
+        which posts TurnSaved once the file is on disk."""
         from rxt_mlx.session import Session
-        from rxt_mlx.stm import save_stm
+        from rxt_mlx.stm import stm_file_bytes
 
+        if update.stm is None:
+            self._start_update([update])
         job = update.job
         session = Session(self.model, self.tokenizer, stm=update.stm, turn=update.turn + 1)
         self._sessions[job.conversation_id] = session
         change = tuple(memory_change(update.previous_stm, session.stm))
         seconds = time.perf_counter() - update.started
         stats = replace(update.stats, memory_update_seconds=seconds, memory_change=change)
-        save_stm(job.snapshot, session.stm, model_fingerprint=self.fingerprint, turn=job.turn)
-        self._post(TurnSaved(job.conversation_id, job.turn, job.query, update.answer, stats, job.snapshot))
+        data, _ = stm_file_bytes(job.snapshot, session.stm, model_fingerprint=self.fingerprint, turn=job.turn)
+        saved = TurnSaved(job.conversation_id, job.turn, job.query, update.answer, stats, job.snapshot)
+
+        def failed(error: BaseException, details: str) -> None:
+            self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", details))
+
+        self._snapshots.write(job.snapshot, data, lambda: self._post(saved), failed)
 
 
 @dataclass
 class _MemoryUpdate:
-    """A turn's memory update in flight: ``stm`` is being computed from ``previous_stm``."""
+    """A turn's memory update: ``stm`` (None until started) is computed from ``previous_stm`` and
+    ``interaction``; ``steps``: decoder steps since the answer ended, then since it started."""
 
     job: _Send
     previous_stm: Any
     turn: int
+    interaction: list[int]
     answer: str
     stats: TurnStats
-    stm: Any
     started: float
+    stm: Any = None
     steps: int = 0
 
 
 @dataclass
 class _Together:
     """The answers decoded together: the batch, its rows (job, Session before the turn, AnswerRow),
-    the tokens (lazy, one per row) that its next step reads, and the memory updates of rows that
-    left, not saved yet."""
+    the tokens (lazy, one per row) that its next step reads, the memory updates of rows that
+    left (``ended``: not started; ``updating``: not saved yet), and how many other queued jobs
+    ``ran`` between two steps."""
 
     batch: Any
     rows: list[tuple[_Send, Any, AnswerRow]] = field(default_factory=list)
     tokens: Any = None
+    ended: list[_MemoryUpdate] = field(default_factory=list)
     updating: list[_MemoryUpdate] = field(default_factory=list)
+    ran: int = 0
 
 
 def greedy(logits):

@@ -281,18 +281,39 @@ class InferenceWorker:
             try:
                 if job is _SHUTDOWN:
                     return
-                self._handle(job)
-            except Exception as error:  # noqa: BLE001 - reported to the UI, the thread keeps serving
-                self._post(
-                    JobFailed(
-                        getattr(job, "conversation_id", None),
-                        getattr(job, "turn", None),
-                        f"{type(error).__name__}: {error}",
-                        traceback.format_exc(),
-                    )
-                )
+                self.run_job(job)
             finally:
                 self._jobs.task_done()
+
+    # ----- for subclasses, on the inference thread: jobs run while another one is in progress
+
+    def run_job(self, job) -> None:
+        """Run ``job``; a failure is posted as JobFailed (the thread keeps serving)."""
+        try:
+            self._handle(job)
+        except Exception as error:  # noqa: BLE001 - reported to the UI, the thread keeps serving
+            self._post(
+                JobFailed(
+                    getattr(job, "conversation_id", None),
+                    getattr(job, "turn", None),
+                    f"{type(error).__name__}: {error}",
+                    traceback.format_exc(),
+                )
+            )
+
+    def take_job(self, may_run: Callable[[Any], bool]) -> Any | None:
+        """The next queued job, taken off the queue if ``may_run(job)``; None if the queue is empty,
+        shuts down next, or ``may_run`` says no (the job stays first). Call :meth:`job_done` once
+        a taken job is over (:meth:`wait_idle` waits for it)."""
+        with self._jobs.mutex:
+            job = self._jobs.queue[0] if self._jobs.queue else _SHUTDOWN
+            if job is _SHUTDOWN or not may_run(job):
+                return None
+            return self._jobs.queue.popleft()
+
+    def job_done(self) -> None:
+        """A job of :meth:`take_job` is over."""
+        self._jobs.task_done()
 
     def _load(self) -> None:
         import rxt_mlx

@@ -177,7 +177,7 @@ def update_memories(model, stms: list[mx.array], interactions: list[list[int]]) 
     ids = mx.array([row + [0] * (longest - len(row)) for row in interactions], dtype=mx.uint32)
     mask = mx.array([[True] * len(row) + [False] * (longest - len(row)) for row in interactions])
     updated = model.update_memory(mx.concatenate(stms, axis=1), ids, mask)
-    return [updated[:, row : row + 1] for row in range(len(stms))]
+    return [mx.take(updated, mx.array([row]), axis=1) for row in range(len(stms))]  # copies: no row keeps the batch
 
 
 def row_positions(layers, offsets: mx.array, dtype: mx.Dtype):

@@ -125,6 +125,11 @@ class Session:
         return self._stm
 
     @property
+    def memory(self):
+        """The current STM's decoder projection (``Decoder.project_memory``), computed with it."""
+        return self._memory
+
+    @property
     def update_pending(self) -> bool:
         """Whether the last answer still waits for :meth:`update_memory`."""
         return self._pending is not None
