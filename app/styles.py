@@ -19,10 +19,8 @@ ConversationItem.foreign .title { color: $warning; }
 .message.assistant .role { color: $success; }
 .message.waiting { color: $text-muted; }
 .message .text { margin: 0; padding: 0 0 0 2; }
-#input-row { dock: bottom; height: auto; }
-#prompt { width: 1fr; }
-#counter { width: auto; padding: 1 1 0 1; color: $text-muted; }
-#counter.over { color: $error; text-style: bold; }
+#prompt { dock: bottom; border-subtitle-color: $text-muted; }
+#prompt.over { border: tall $error; border-subtitle-color: $error; border-subtitle-style: bold; }
 #welcome { height: auto; }
 #welcome .about { margin-bottom: 1; }
 #welcome .heading { text-style: bold; }

@@ -45,7 +45,6 @@ from rxt_app.widgets import (
     MemoryPanel,
     MessageView,
     PromptInput,
-    QueryCounter,
     StatusFigures,
     StatusLine,
 )
@@ -134,7 +133,8 @@ class ChatApp(App[None]):
         self.model_label = source_label(worker.model_dir)
         self.sub_title = worker.description
         self.sampling_defaults = dict(worker.sampling)
-        self.welcome = welcome(worker.description, worker.query_limit, Path(worker.model_dir) == demo_model_dir())
+        is_demo = Path(worker.model_dir).resolve() == demo_model_dir().resolve()
+        self.welcome = welcome(worker.description, worker.query_limit, is_demo)
         self.deleted: dict[str, Timer] = {}  # deleted conversations that ctrl+z can still bring back
 
     def compose(self) -> ComposeResult:
@@ -145,9 +145,7 @@ class ChatApp(App[None]):
             with Vertical(id="main"):
                 yield Static("", id="notice", markup=False)
                 yield VerticalScroll(id="transcript")
-                with Horizontal(id="input-row"):
-                    yield PromptInput(placeholder="Message RxT… (Enter sends, Esc stops, F1 help)", id="prompt")
-                    yield QueryCounter("", id="counter", markup=False)
+                yield PromptInput(placeholder="Message RxT… (Enter sends, Esc stops, F1 help)", id="prompt")
             yield MemoryPanel("", id="memory", markup=False)
         yield StatusLine("", id="status", markup=False)
         yield Footer()
@@ -360,7 +358,7 @@ class ChatApp(App[None]):
     def count_tokens(self, query: str) -> None:
         """Show the size of the message being typed against the model's limit."""
         tokens, limit = self.controller.query_size(query) if query else (0, self.controller.worker.query_limit)
-        self.query_one(QueryCounter).show(tokens, limit)
+        self.query_one("#prompt", PromptInput).show_size(tokens, limit)
 
     @on(WelcomeView.ExampleChosen)
     def example_chosen(self, event: WelcomeView.ExampleChosen) -> None:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from rxt_app.storage import Conversation, TurnStats
 from textual import events
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, ListItem, Markdown, Static
@@ -23,18 +22,27 @@ NEWLINE_MARK = "⏎"
 class PromptInput(Input):
     """The message input. Enter submits and empties it in the order of the keys (the keys typed
     after it make the next message, even before the app has taken this one); ctrl+j starts a new
-    line, and a pasted text keeps all its lines, both shown as ⏎."""
-
-    BINDINGS = [Binding("ctrl+j", "new_line", "New line", show=False)]
+    line, and a pasted text keeps all its lines, both shown as ⏎. Its lower edge shows the size of
+    the message (:meth:`show_size`)."""
 
     def action_new_line(self) -> None:
         self.insert_text_at_cursor(NEWLINE_MARK)
 
+    def show_size(self, tokens: int, limit: int) -> None:
+        """Show the message's tokens against the limit on the input's lower edge; marked ``over``
+        (a warning) when it is too long to send."""
+        self.border_subtitle = token_count(tokens, limit)
+        self.set_class(tokens > limit, "over")
+
     async def _on_key(self, event: events.Key) -> None:
-        if event.key == "enter":
+        # handled here, not by bindings (whose actions run later), so they keep the order of the keys
+        if event.key in ("enter", "ctrl+j"):
             event.stop()
             event.prevent_default()  # Input's own handler, and the enter binding, are not run
-            await self.action_submit()
+            if event.key == "enter":
+                await self.action_submit()
+            else:
+                self.action_new_line()
 
     async def action_submit(self) -> None:
         await super().action_submit()
@@ -58,14 +66,9 @@ class PromptInput(Input):
         return value.replace(NEWLINE_MARK, "\n")
 
 
-class QueryCounter(Static):
-    """Beside the input: the tokens of the message being typed (with its template) against the
-    model's limit; marked ``over`` (a warning) when the message is too long to send."""
-
-    def show(self, tokens: int, limit: int) -> None:
-        over = tokens > limit
-        self.set_class(over, "over")
-        self.update(f"{tokens}/{limit} tokens" + (" · too long" if over else ""))
+def token_count(tokens: int, limit: int) -> str:
+    """The size of the message being typed against the model's limit: ``12/47 tokens``."""
+    return f"{tokens}/{limit} tokens" + (" · too long" if tokens > limit else "")
 
 
 class ConversationItem(ListItem):

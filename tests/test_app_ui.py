@@ -526,4 +526,7 @@ async def test_ctrl_j_starts_a_new_line_of_the_message(tmp_path):
         await pilot.press(*"one", "ctrl+j", *"two", "enter")
         await wait_until(pilot, lambda: len(worker.sent) == 1)
         assert worker.sent[0][2] == "one\ntwo"
+        type_fast(app, *"three", "ctrl+j", *"four", "enter")  # as tmux sends them: the line break keeps its place
+        await wait_until(pilot, lambda: app.waiting.get(app.current.id) == ["three\nfour"], timeout=10)
+        assert app.query_one("#prompt").value == ""
         assert str(list(app.query(MessageView))[0].query_one(".text").render()) == "one\ntwo"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import tiny_config, write_model_folder
+from tests.factories import SEQ_LEN, tiny_config, write_model_folder
 from tests.tokenizer_factories import write_bpe_tokenizer
 
 pytestmark = [
@@ -116,3 +116,23 @@ def test_chat_in_a_real_terminal(tmp_path):
         second.wait_exit()
     finally:
         second.kill()
+
+
+def test_the_tmux_scenario_switching_queued_multi_line_and_resizing(tmp_path):
+    """benchmarks/tmux_chat.sh at 80x24 on a tiny model: every step it waits for shows up, and its
+    screens hold the two conversations, the two-line message, the welcome and the 60x20 layout."""
+    out = tmp_path / "chat.txt"
+    script = Path(__file__).parents[1] / "benchmarks" / "tmux_chat.sh"
+    environment = {**os.environ, "COLS": "80", "ROWS": "24"}
+    result = subprocess.run(
+        ["bash", str(script), "", str(out)], env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    screen = out.read_text()
+    assert "Tell me my lucky" in screen and "My name is Ann." in screen and "6 turns" in screen
+    assert "turn 6 │" in screen and "mean per turn, log scale" in screen and f"0/{SEQ_LEN - 1} tokens" in screen
+    welcome = (tmp_path / "chat-welcome.txt").read_text()
+    assert "Try (click one to put it in the input):" in welcome and "Hi, I'm Ann and I live in Oslo." in welcome
+    small = (tmp_path / "chat-60x20.txt").read_text().splitlines()
+    assert len(small) == 20 and max(len(line) for line in small) <= 60
+    assert "memory: ready" in " ".join(small[-3:])

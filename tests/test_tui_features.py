@@ -4,9 +4,12 @@ empty conversation."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 
 from rxt_app import tui
+from rxt_app.command_line import demo_model_dir
 from rxt_app.settings_screen import SettingsScreen
 from rxt_app.system_prompts import SystemPrompts
 from rxt_app.welcome import DEMO_EXAMPLES, welcome
@@ -31,7 +34,8 @@ async def submit(pilot) -> None:
 
 
 def counter(app) -> str:
-    return str(app.query_one("#counter").render())
+    """The size of the message, on the input's lower edge."""
+    return str(app.query_one("#prompt").border_subtitle)
 
 
 async def test_the_token_counter_warns_and_a_message_over_the_limit_is_refused_visibly(tmp_path):
@@ -43,7 +47,7 @@ async def test_the_token_counter_warns_and_a_message_over_the_limit_is_refused_v
         assert counter(app) == "0/8 tokens"
         app.query_one("#prompt").value = "one two three"
         await wait_until(pilot, lambda: counter(app) == "6/8 tokens")
-        assert not app.query_one("#counter").has_class("over")
+        assert not app.query_one("#prompt").has_class("over")
         too_long = "one two three four five six"
         await type_and_send(pilot, too_long)
         await wait_until(pilot, lambda: any("at most 8" in text for text in notifications(app)))
@@ -52,7 +56,7 @@ async def test_the_token_counter_warns_and_a_message_over_the_limit_is_refused_v
         )
         assert worker.sent == [] and transcript(app) == []
         assert app.query_one("#prompt").value == too_long  # nothing lost
-        assert counter(app) == "9/8 tokens · too long" and app.query_one("#counter").has_class("over")
+        assert counter(app) == "9/8 tokens · too long" and app.query_one("#prompt").has_class("over")
         await type_and_send(pilot, "short one")
         await wait_until(pilot, lambda: len(worker.sent) == 1)
         assert counter(app) == "0/8 tokens"
@@ -240,3 +244,6 @@ async def test_an_empty_conversation_shows_what_the_model_does_and_examples(tmp_
     demo = welcome("demo", 47, is_demo=True)
     assert demo.examples == DEMO_EXAMPLES and "My name is Ann." in demo.examples
     assert demo.lines[0] == "The bundled demo model: a tiny RxT that keeps facts about you and gives them back."
+    worker = ScriptedWorker()
+    worker.model_dir = Path(os.path.relpath(demo_model_dir()))  # as `--model rxt_mlx/demo` gives it
+    assert make_app(tmp_path, worker)[0].welcome == welcome(worker.description, 100, is_demo=True)
