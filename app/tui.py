@@ -12,6 +12,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from rxt_app.command_line import demo_model_dir
 from rxt_app.confirm_screen import ConfirmScreen
@@ -59,6 +60,8 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, ListView, Static
 
 from rxt_mlx.hub import source_label
+
+Result = TypeVar("Result")
 
 SHOWN_TURNS = 50
 """The transcript shows the last SHOWN_TURNS turns; the memory holds them all anyway."""
@@ -480,6 +483,12 @@ class ChatApp(App[None]):
             return True
         return False
 
+    def tried(self, action: Callable[..., Result], *args: object) -> Result | None:
+        """Run a controller action that returns something; None (and why, shown) if it is refused."""
+        results: list[Result] = []
+        self.refused(lambda: results.append(action(*args)))
+        return results[0] if results else None
+
     def purge_deleted(self, conversation_id: str | None = None) -> None:
         """Make the deletion of a conversation (default: of all of them) final: no undo after it."""
         for deleted_id in [conversation_id] if conversation_id else list(self.deleted):
@@ -492,10 +501,8 @@ class ChatApp(App[None]):
         """Bring back the conversation deleted last (while its deletion is not final)."""
         conversation_id = list(self.deleted)[-1]
         self.deleted.pop(conversation_id).stop()
-        try:
-            conversation = self.controller.undo_delete(conversation_id)
-        except ActionRefused as refusal:
-            self.notify(refusal.message, severity=refusal.severity)
+        conversation = self.tried(self.controller.undo_delete, conversation_id)
+        if conversation is None:
             return
         await self.switch_to(conversation.id)
         await self.render_events()
@@ -530,10 +537,8 @@ class ChatApp(App[None]):
         if self.current is None:
             return
         turn = self.chosen_turn or self.current.turn_count
-        try:
-            query = self.controller.edit(self.current.id, turn)
-        except ActionRefused as refusal:
-            self.notify(refusal.message, severity=refusal.severity)
+        query = self.tried(self.controller.edit, self.current.id, turn)
+        if query is None:
             return
         await self.render_events()
         await self.render_transcript()
@@ -578,12 +583,10 @@ class ChatApp(App[None]):
 
         async def chosen(settings: ConversationSettings | None) -> None:
             self.focus_prompt()
-            if settings is None:
-                return
-            try:
-                changed = self.controller.change_settings(conversation.id, settings)
-            except ActionRefused as refusal:
-                self.notify(refusal.message, severity=refusal.severity)
+            changed = (
+                None if settings is None else self.tried(self.controller.change_settings, conversation.id, settings)
+            )
+            if changed is None:
                 return
             if changed.id != conversation.id:
                 await self.switch_to(changed.id)
@@ -603,12 +606,8 @@ class ChatApp(App[None]):
 
         async def chosen(value: str | None) -> None:
             self.focus_prompt()
-            if value is None:
-                return
-            try:
-                fork = self.controller.fork(source.id, int(value))
-            except ActionRefused as refusal:
-                self.notify(refusal.message, severity=refusal.severity)
+            fork = None if value is None else self.tried(self.controller.fork, source.id, int(value))
+            if fork is None:
                 return
             await self.switch_to(fork.id)
             self.notify(f"Forked at turn {value}: “{fork.title}”.")
