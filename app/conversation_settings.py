@@ -56,8 +56,16 @@ class SettingsStore:
         self.system_prompts.close()
 
     def get(self, conversation_id: str) -> ConversationSettings:
-        stored = self.storage.settings(conversation_id).get("sampling", {})
-        sampling = {name: value for name, value in stored.items() if name in SETTABLE}
+        """The settings of a conversation; a stored option that is no longer valid is left out
+        (the command line's applies)."""
+        stored = self.storage.settings(conversation_id)
+        options = stored.get("sampling") if isinstance(stored, dict) else None
+        sampling = {}
+        for name, value in (options if isinstance(options, dict) else {}).items():
+            try:
+                sampling.update(parsed_option(name, str(value)))
+            except ValueError:
+                continue
         return ConversationSettings(self.system_prompt_of(conversation_id) or "", sampling)
 
     def save(self, conversation_id: str, settings: ConversationSettings) -> None:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from rxt_app import tui
 from rxt_app.command_line import demo_model_dir
+from rxt_app.conversation_settings import SettingsStore
 from rxt_app.settings_screen import SettingsScreen
+from rxt_app.storage import Storage
 from rxt_app.system_prompts import SystemPrompts
 from rxt_app.welcome import DEMO_EXAMPLES, welcome
 
@@ -100,6 +102,11 @@ async def test_settings_are_edited_in_a_dialog_saved_with_the_conversation_and_u
     prompts = SystemPrompts(tmp_path / "data")
     assert prompts.get(first) == "You are terse." and prompts.get(app.current.id) == "You are kind."
     prompts.close()
+
+    storage = Storage(tmp_path / "data")  # a value edited by hand into something invalid is left out
+    storage.save_settings(app.current.id, {"sampling": {"temperature": -1, "top_p": "x", "max_tokens": 8}})
+    assert SettingsStore(storage).get(app.current.id).sampling == {"max_tokens": 8}
+    storage.close()
 
     app, worker = make_app(tmp_path)  # a restart shows what was saved
     async with app.run_test() as pilot:
