@@ -139,6 +139,7 @@ class ChatApp(App[None]):
         is_demo = Path(worker.model_dir).resolve() == demo_model_dir().resolve()
         self.welcome = welcome(worker.description, worker.query_limit, is_demo)
         self.deleted: dict[str, Timer] = {}  # deleted conversations that ctrl+z can still bring back
+        self.edited = ""  # the message ctrl+l put in the input (a redo takes it back out)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -524,6 +525,9 @@ class ChatApp(App[None]):
             return
         await self.render_events()
         await self.render_transcript()
+        prompt = self.query_one("#prompt", PromptInput)
+        if self.edited and prompt.value == self.edited:
+            prompt.value = ""  # the message being edited is back in the transcript
         self.notify(f"Redone: back at turn {self.current.turn_count}.")
 
     async def action_regenerate(self) -> None:
@@ -543,7 +547,7 @@ class ChatApp(App[None]):
         await self.render_events()
         await self.render_transcript()
         prompt = self.query_one("#prompt", PromptInput)
-        prompt.value = PromptInput.input_text(query)
+        prompt.value = self.edited = PromptInput.input_text(query)
         self.focus_prompt()
         self.notify(f"Editing turn {turn}: send it to answer it anew (ctrl+r puts the turns back).")
 

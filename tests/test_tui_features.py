@@ -149,6 +149,7 @@ async def test_regenerate_edit_and_redo(tmp_path):
         assert transcript(app) == [("user", 1, "one"), ("assistant", 1, "answer to one")]
         await pilot.press("ctrl+r")
         await wait_until(pilot, lambda: app.current.turn_count == 3)
+        assert app.query_one("#prompt").value == ""  # the message is back in the transcript, not twice
 
         await pilot.press("ctrl+l")  # no turn chosen: the last one
         await wait_until(pilot, lambda: app.current.turn_count == 2)
