@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -125,6 +126,7 @@ def main() -> int:
     model_dir = args.model or demo_model_dir()
     counts = [int(count) for count in args.streams.split(",")]
     rows = []
+    load_before = os.getloadavg()[0]  # the machine is shared: the ratios of one run are what compare
     with tempfile.TemporaryDirectory() as data_dir:
         process, url = start_server(model_dir, data_dir, args)
         try:
@@ -141,8 +143,10 @@ def main() -> int:
         finally:
             process.send_signal(signal.SIGINT)
             process.wait(60)
+    load_after = os.getloadavg()[0]
     single = rows[0]["tokens_per_second"]
     print(f"\nmodel {model_dir}; max batch {args.max_batch}; {args.turns} turns per stream")
+    print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} CPUs")
     print("| streams | tokens | seconds | aggregate tok/s | x single stream |\n|---:|---:|---:|---:|---:|")
     for row in rows:
         rate, ratio = row["tokens_per_second"], row["tokens_per_second"] / single
@@ -158,6 +162,8 @@ def main() -> int:
             "model": model_dir.name,
             "max_batch": args.max_batch,
             "turns": args.turns,
+            "max_tokens": args.max_tokens,
+            "load_average": [load_before, load_after],
             "rows": rows,
             "decode_steps": steps,
         }

@@ -8,10 +8,12 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_map
 from rxt_app.serving_worker import Generate, ServingWorker
+from rxt_app.snapshot_writer import SnapshotWriter
 
 from rxt_mlx.batch import DecodeBatch, update_memories
 from rxt_mlx.sampling import SamplingOptions
 from rxt_mlx.session import Session, TokenEvent
+from rxt_mlx.stm import load_stm
 from rxt_mlx.tokenizer import load_tokenizer
 from tests.factories import PARITY_CONFIGS, random_mlx_model, tiny_config, write_model_folder
 from tests.tokenizer_factories import write_bpe_tokenizer
@@ -120,15 +122,29 @@ def test_memory_updates_together_equal_updates_alone(name, bpe):
 
 
 def test_the_serving_worker_decodes_queued_greedy_turns_together(tmp_path, monkeypatch):
+    """Four turns queued together: prefilled in one call, decoded as one batch, their memory
+    updates run as one batch; answers equal Sessions' alone, saved STMs within fp32 rounding."""
+    import rxt_mlx.batch as batch_module
+
     folder = write_model_folder(tmp_path / "model", tiny_config(), seed=0, tokenizer_writer=write_bpe_tokenizer)
-    sizes, events = [], []
-    step = DecodeBatch.step
+    sizes, joined, updated, events = [], [], [], []
+    step, add_rows, update_memories_together = DecodeBatch.step, DecodeBatch.add_rows, batch_module.update_memories
 
     def recording_step(self, tokens):
         sizes.append(len(self))
         return step(self, tokens)
 
+    def recording_add_rows(self, prompts, memories):
+        joined.append(len(prompts))
+        return add_rows(self, prompts, memories)
+
+    def recording_update_memories(model, stms, interactions):
+        updated.append(len(stms))
+        return update_memories_together(model, stms, interactions)
+
     monkeypatch.setattr(DecodeBatch, "step", recording_step)
+    monkeypatch.setattr(DecodeBatch, "add_rows", recording_add_rows)
+    monkeypatch.setattr(batch_module, "update_memories", recording_update_memories)
     worker = ServingWorker(folder, events.append, {"max_tokens": MAX_TOKENS})
     conversations = [f"c{index}" for index in range(4)]
     for conversation_id in conversations:  # all queued before the model loads: they arrive together
@@ -142,7 +158,52 @@ def test_the_serving_worker_decodes_queued_greedy_turns_together(tmp_path, monke
     finally:
         worker.shutdown()
     model, tokenizer = worker.model, worker.tokenizer
-    expected = [tokenizer.decode(alone(model, tokenizer, None, query)) for query in QUERIES[:4]]
-    saved = {event.conversation_id: event.answer for event in events if type(event).__name__ == "TurnSaved"}
-    assert [saved[conversation_id] for conversation_id in conversations] == expected
-    assert max(sizes) == 4
+    sessions = [Session(model, tokenizer) for _ in conversations]
+    expected = [
+        tokenizer.decode(
+            [
+                event.id
+                for event in session.interact(query, max_tokens=MAX_TOKENS, temperature=0.0)
+                if isinstance(event, TokenEvent)
+            ]
+        )
+        for session, query in zip(sessions, QUERIES, strict=False)
+    ]
+    saved = {event.conversation_id: event for event in events if type(event).__name__ == "TurnSaved"}
+    assert [saved[conversation_id].answer for conversation_id in conversations] == expected
+    assert max(sizes) == 4 and joined == [4] and max(updated) > 1
+    for conversation_id, session in zip(conversations, sessions, strict=True):
+        stm, _ = load_stm(saved[conversation_id].snapshot, model_fingerprint=model.fingerprint)
+        assert mx.allclose(stm, session.stm, atol=1e-5, rtol=1e-5).item()
+
+
+def test_a_snapshot_is_reported_saved_only_once_it_is_written(tmp_path):
+    writer = SnapshotWriter()
+    reported = []
+    try:
+        target = tmp_path / "conversation" / "1.safetensors"
+        writer.write(target, b"stm bytes", lambda: reported.append(("saved", target.read_bytes())), None)
+        blocked = tmp_path / "file"
+        blocked.write_text("not a folder")
+        writer.write(blocked / "2.safetensors", b"x", None, lambda error, details: reported.append(("failed", error)))
+        writer.wait()
+    finally:
+        writer.close()
+    assert reported[0] == ("saved", b"stm bytes")
+    assert reported[1][0] == "failed" and isinstance(reported[1][1], OSError)
+    assert not writer._thread.is_alive()
+
+
+def test_take_job_takes_the_next_job_only_when_it_may_run(tmp_path):
+    worker = ServingWorker(tmp_path / "no model", lambda event: None)
+    worker.forget("a")
+    worker.forget("b")
+    assert worker.take_job(lambda job: job.conversation_id == "b") is None  # "a" stays first
+    taken = worker.take_job(lambda job: job.conversation_id == "a")
+    assert taken.conversation_id == "a"
+    worker.job_done()
+    assert worker.take_job(lambda job: True).conversation_id == "b"
+    worker.job_done()
+    assert worker.take_job(lambda job: True) is None
+    worker.wait_idle()
+    worker.shutdown()
