@@ -494,6 +494,9 @@ class ChatController:
             raise ActionRefused("This front end keeps no conversation settings.", "error")
         with _refused_on_storage_error():
             conversation = self.storage.conversation(conversation_id)
+            reason = self.read_only_reason(conversation)
+            if reason:
+                raise ActionRefused(reason)
             prompt_changed = settings.system_prompt != self.settings.get(conversation_id).system_prompt
             if prompt_changed and conversation.turn_count > 0:
                 conversation = self.create()

@@ -255,3 +255,18 @@ async def test_an_empty_conversation_shows_what_the_model_does_and_examples(tmp_
     worker = ScriptedWorker()
     worker.model_dir = Path(os.path.relpath(demo_model_dir()))  # as `--model rxt_mlx/demo` gives it
     assert make_app(tmp_path, worker)[0].welcome == welcome(worker.description, 100, is_demo=True)
+
+
+async def test_the_settings_of_a_read_only_conversation_are_not_changed(tmp_path):
+    storage = Storage(tmp_path / "data")
+    foreign = storage.create_conversation("old chat", "0" * 64)
+    storage.close()
+    app, worker = make_app(tmp_path)
+    async with app.run_test(notifications=True) as pilot:
+        await wait_until(pilot, lambda: app.current is not None and app.current.id == foreign.id)
+        await pilot.press("f4")
+        await wait_until(pilot, lambda: screen_name(app) == "SettingsScreen")
+        app.screen.query_one("#system_prompt").value = "You are terse."
+        await submit(pilot)
+        await wait_until(pilot, lambda: any("another model" in text for text in notifications(app)))
+        assert app.controller.settings_of(foreign.id).system_prompt == "" and worker.opened == []
