@@ -382,9 +382,7 @@ class ChatController:
         with _refused_on_storage_error():
             conversation = self.storage.conversation(conversation_id)
         self.refuse_if_busy(conversation_id)
-        reason = self.read_only_reason(conversation)
-        if reason:
-            raise ActionRefused(reason)
+        self._refuse_if_read_only(conversation)
         state = self.state(conversation_id)
         if state.problem is not None and state.last_good_turn is not None:
             return self.rewind_to(conversation_id, state.last_good_turn)
@@ -400,6 +398,7 @@ class ChatController:
         """
         self.refuse_if_busy(conversation_id)
         with _refused_on_storage_error():
+            self._refuse_if_read_only(self.storage.conversation(conversation_id))
             if keep_for_redo and self.state(conversation_id).problem is None:
                 conversation, kept = self.storage.rewind_keeping(conversation_id, turn)
                 _, earlier = self._redo.pop(conversation_id, (None, []))
@@ -494,9 +493,7 @@ class ChatController:
             raise ActionRefused("This front end keeps no conversation settings.", "error")
         with _refused_on_storage_error():
             conversation = self.storage.conversation(conversation_id)
-            reason = self.read_only_reason(conversation)
-            if reason:
-                raise ActionRefused(reason)
+            self._refuse_if_read_only(conversation)
             prompt_changed = settings.system_prompt != self.settings.get(conversation_id).system_prompt
             if prompt_changed and conversation.turn_count > 0:
                 conversation = self.create()
@@ -532,6 +529,11 @@ class ChatController:
                 self.settings.copy(conversation_id, fork.id)
         self._emit(ConversationsChanged())
         return fork
+
+    def _refuse_if_read_only(self, conversation: Conversation) -> None:
+        reason = self.read_only_reason(conversation)
+        if reason:
+            raise ActionRefused(reason)
 
     def refuse_if_busy(self, conversation_id: str) -> None:
         """Raise ActionRefused while a conversation has turns in flight (delete and rewind wait for them)."""

@@ -12,7 +12,7 @@ from rxt_app import tui
 from rxt_app.command_line import demo_model_dir
 from rxt_app.conversation_settings import SettingsStore
 from rxt_app.settings_screen import SettingsScreen
-from rxt_app.storage import Storage
+from rxt_app.storage import Storage, TurnStats
 from rxt_app.system_prompts import SystemPrompts
 from rxt_app.welcome import DEMO_EXAMPLES, welcome
 
@@ -270,3 +270,15 @@ async def test_the_settings_of_a_read_only_conversation_are_not_changed(tmp_path
         await submit(pilot)
         await wait_until(pilot, lambda: any("another model" in text for text in notifications(app)))
         assert app.controller.settings_of(foreign.id).system_prompt == "" and worker.opened == []
+    storage = Storage(tmp_path / "data")  # nor are its turns rewound to regenerate or edit one
+    path = storage.new_snapshot_path(foreign.id, 1)
+    path.write_bytes(b"stm")
+    storage.commit_turn(foreign.id, 1, "q1", "a1", TurnStats(1, 0.0, 0.0, 0.0, 0.0), snapshot=path)
+    storage.close()
+    app, worker = make_app(tmp_path)
+    async with app.run_test(notifications=True) as pilot:
+        await wait_until(pilot, lambda: app.current is not None and app.current.id == foreign.id)
+        for key in ("ctrl+g", "ctrl+l", "ctrl+z"):
+            await pilot.press(key)
+        await wait_until(pilot, lambda: sum("another model" in text for text in notifications(app)) == 3)
+        assert app.controller.storage.conversation(foreign.id).turn_count == 1 and worker.sent == []
