@@ -257,7 +257,7 @@ async def test_an_empty_conversation_shows_what_the_model_does_and_examples(tmp_
     assert make_app(tmp_path, worker)[0].welcome == welcome(worker.description, 100, is_demo=True)
 
 
-async def test_the_settings_of_a_read_only_conversation_are_not_changed(tmp_path):
+async def test_a_read_only_conversation_keeps_its_settings_and_turns(tmp_path):
     storage = Storage(tmp_path / "data")
     foreign = storage.create_conversation("old chat", "0" * 64)
     storage.close()
