@@ -95,10 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rxt-serve``; returns the exit code (2: bad arguments, model or bind address)."""
     from rxt_mlx.blas import preload_optimised_blas
 
-    # OpenBLAS's idle threads spin about 0.1 s after each product (2^28 cycles): on a small CPU
-    # that steals the cores the event loop, the clients and the inference thread need between
-    # steps; 2^4 cycles lets them sleep at once (read when the library loads).
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     preload_optimised_blas()  # before anything imports mlx.core, which binds its BLAS on import
     parser = build_parser()
     args = parser.parse_args(argv)
