@@ -189,6 +189,10 @@ class ServingWorker(InferenceWorker):
             self._stop_requests = {(c, t) for c, t in self._stop_requests if c != job.conversation_id or t >= job.turn}
         self._post(TurnStarted(job.conversation_id, job.turn))
 
+    def _failed(self, job: _Send, error: BaseException, details: str) -> None:
+        """Report ``job``'s turn as failed with ``error`` (``details``: its traceback)."""
+        self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", details))
+
     def _post_text(self, job: _Send, text: str) -> None:
         if text:
             self._post(TokenText(job.conversation_id, job.turn, text))
@@ -274,7 +278,7 @@ class ServingWorker(InferenceWorker):
         except Exception as error:  # noqa: BLE001 - each row still in the batch is reported as failed
             self._batch = None
             for job, _, _ in together.rows:
-                self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+                self._failed(job, error, format_exc())
         finally:
             self._start_updates(together, -1)
             self._complete_updates(together, -1)
@@ -296,7 +300,7 @@ class ServingWorker(InferenceWorker):
         except Exception as error:  # noqa: BLE001 - these turns fail, the batch goes on
             for update in updates:
                 job = update.job
-                self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+                self._failed(job, error, format_exc())
             return
         together.updating.extend(updates)
 
@@ -319,7 +323,7 @@ class ServingWorker(InferenceWorker):
             try:
                 rows.append((job, *self._answer_row(job)))
             except Exception as error:  # noqa: BLE001 - this turn fails, the batch goes on
-                self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+                self._failed(job, error, format_exc())
         if not rows:
             return
         try:
@@ -327,7 +331,7 @@ class ServingWorker(InferenceWorker):
             first = greedy(together.batch.add_rows(prompts, [session.memory for _, session, _ in rows]))
         except Exception as error:  # noqa: BLE001 - these turns fail, the batch goes on
             for job, _, _ in rows:
-                self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+                self._failed(job, error, format_exc())
             return
         together.rows.extend(rows)
         together.tokens = first if together.tokens is None else mx.concatenate([together.tokens, first])
@@ -395,7 +399,7 @@ class ServingWorker(InferenceWorker):
         try:
             work()
         except Exception as error:  # noqa: BLE001 - reported, the worker goes on
-            self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", format_exc()))
+            self._failed(job, error, format_exc())
 
     # ----- after an answer
 
@@ -472,11 +476,9 @@ class ServingWorker(InferenceWorker):
         stats = replace(update.stats, memory_update_seconds=seconds, memory_change=change)
         data, _ = stm_file_bytes(job.snapshot, session.stm, model_fingerprint=self.fingerprint, turn=job.turn)
         saved = TurnSaved(job.conversation_id, job.turn, job.query, update.answer, stats, job.snapshot)
-
-        def failed(error: BaseException, details: str) -> None:
-            self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", details))
-
-        self._snapshots.write(job.snapshot, data, lambda: self._post(saved), failed)
+        self._snapshots.write(
+            job.snapshot, data, lambda: self._post(saved), lambda error, details: self._failed(job, error, details)
+        )
 
 
 @dataclass
