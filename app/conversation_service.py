@@ -7,6 +7,12 @@ its own thread; :class:`EventRelay` hands them to the loop (``call_soon_threadsa
 controller takes them in and :class:`ConversationService` passes each turn's events to the
 request that waits for them (a :class:`TurnStream`).
 
+The fsynced writes of a turn, the claim of its snapshot file and its commit, run on a
+:class:`~rxt_app.storage_thread.StorageThread` (commits that wait together in one transaction)
+while the loop serves other requests; the controller takes their results through a
+:class:`~rxt_app.storage_thread.PreparedStorage`. One conversation's commits run one after another,
+each with the revision the one before left.
+
 A request that adds turns to a conversation holds it (:meth:`ConversationService.turns`) until
 every turn it sent is committed or lost, so one conversation's turns run one after another while
 other conversations' turns run meanwhile. The hold outlives the request: a client that goes
@@ -34,7 +40,8 @@ from rxt_app.controller import (
 from rxt_app.history import History, HistoryIndex, history_digests, stored_turns
 from rxt_app.http_errors import APIError, bad_request, not_found
 from rxt_app.serving_worker import Absorb, AnswerEnded, Generate, ServingWorker, TurnPlan
-from rxt_app.storage import Conversation, Storage, StorageError, TurnStats
+from rxt_app.storage import Conversation, Storage, StorageError, TurnConflictError, TurnRecord, TurnStats
+from rxt_app.storage_thread import PreparedStorage, StorageThread
 from rxt_app.system_prompts import SystemPrompts
 from rxt_app.worker import AnswerFinished, TokenText, TurnSaved
 
@@ -138,6 +145,7 @@ class TurnStream:
     settled: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     ending: AnswerEnded | None = None
     saved: TurnStats | None = None
+    conflict: bool = False
 
     def put(self, event: TurnEvent) -> None:
         self.events.put_nowait(event)
@@ -170,18 +178,18 @@ class ConversationTurns:
 
     async def absorb(self, query: str, answer: str) -> None:
         """Write a turn the client already has into the memory (no decoding); waits for its update."""
-        stream = self._send(query, Absorb(answer))
+        stream = await self._send(query, Absorb(answer))
         self.written_tokens += len(self.service.tokenizer.interaction_ids(query, answer))
         result = await stream.answered
         if isinstance(result, TurnLost):
             raise result.error()
 
-    def generate(self, query: str, plan: Generate) -> TurnStream:
+    async def generate(self, query: str, plan: Generate) -> TurnStream:
         """Answer ``query``; the stream gives its text, the answer, then the saved memory."""
-        return self._send(query, plan)
+        return await self._send(query, plan)
 
-    def _send(self, query: str, plan: TurnPlan) -> TurnStream:
-        stream = self.service.send(self.conversation_id, query, plan)
+    async def _send(self, query: str, plan: TurnPlan) -> TurnStream:
+        stream = await self.service.send(self.conversation_id, query, plan)
         self.streams.append(stream)
         return stream
 
@@ -210,13 +218,17 @@ class ConversationService:
         self.storage = storage
         self.system_prompts = system_prompts
         self.tokenizer = worker.tokenizer
-        self.controller = ChatController(worker, storage)
+        self.storage_thread = StorageThread(storage, asyncio.get_running_loop())
+        self._prepared = PreparedStorage(storage)
+        self.controller = ChatController(worker, self._prepared)
         self.controller.subscribe(self._on_chat_event)
         self.history = HistoryIndex(storage, system_prompts, worker.fingerprint)
         self.max_loaded = max_loaded
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._streams: dict[tuple[str, int], TurnStream] = {}
+        self._commits: dict[str, list[TurnSaved]] = {}
+        """Per conversation, its saved turns not committed yet: the first on the storage thread."""
         worker.system_prompt_of = system_prompts.get
         relay.attach(asyncio.get_running_loop(), self._on_worker_event)
 
@@ -431,8 +443,19 @@ class ConversationService:
 
     # ----- turns
 
-    def send(self, conversation_id: str, query: str, plan: TurnPlan) -> TurnStream:
-        """Send a turn through the controller with ``plan``; its events go to the returned stream."""
+    async def send(self, conversation_id: str, query: str, plan: TurnPlan) -> TurnStream:
+        """Send a turn through the controller with ``plan``; its events go to the returned stream.
+
+        Its snapshot file is claimed on the storage thread first (if the conversation changed
+        meanwhile, the controller claims another on this thread and that one is given up).
+        """
+        live_turns = self.controller.state(conversation_id).live
+        try:
+            turn, snapshot = await self.storage_thread.reserve(conversation_id, max(live_turns, default=None))
+        except StorageError:
+            turn = None  # the controller refuses the send with the reason
+        else:
+            self._prepared.prepare_path(conversation_id, turn, snapshot)
         self.worker.plan_turn(conversation_id, plan)
         try:
             live = self.controller.send(conversation_id, query)
@@ -440,6 +463,9 @@ class ConversationService:
             raise APIError(409, error.message, code="conversation_unavailable") from None
         finally:
             self.worker.forget_plan(conversation_id)
+            unused = self._prepared.unused_path(conversation_id, turn) if turn is not None else None
+            if unused is not None:
+                self.storage_thread.discard(unused)
         turn = live.turn
         stream = TurnStream(conversation_id, turn, query, lambda: self.worker.stop_turn(conversation_id, turn))
         self._streams[(conversation_id, turn)] = stream
@@ -470,9 +496,42 @@ class ConversationService:
             if stream is not None:
                 stream.ending = event
             return
-        if isinstance(event, TurnSaved) and stream is not None:
-            stream.saved = event.stats
+        if isinstance(event, TurnSaved):
+            if stream is not None:
+                stream.saved = event.stats
+            self._commit(event)
+            return
         self.controller.handle(event)
+
+    def _commit(self, event: TurnSaved) -> None:
+        """Commit a saved turn on the storage thread, after the conversation's earlier ones."""
+        waiting = self._commits.setdefault(event.conversation_id, [])
+        waiting.append(event)
+        if len(waiting) == 1:
+            self._start_commit(event)
+
+    def _start_commit(self, event: TurnSaved) -> None:
+        revision = self.controller.state(event.conversation_id).revision
+        record = TurnRecord(
+            event.conversation_id, event.turn, event.query, event.answer, event.stats, event.snapshot, revision
+        )
+        future = self.storage_thread.commit(record)
+        future.add_done_callback(lambda future: self._committed(event, future.result()))
+
+    def _committed(self, event: TurnSaved, result: Conversation | StorageError) -> None:
+        """The controller takes in the commit's result (TurnCommitted or TurnFailed follows); the
+        conversation's next saved turn is committed."""
+        stream = self._streams.get((event.conversation_id, event.turn))
+        if stream is not None:
+            stream.conflict = isinstance(result, TurnConflictError)
+        self._prepared.prepare_commit(event.conversation_id, event.turn, result)
+        self.controller.handle(event)
+        waiting = self._commits[event.conversation_id]
+        waiting.pop(0)
+        if waiting:
+            self._start_commit(waiting[0])
+        else:
+            del self._commits[event.conversation_id]
 
     def _on_chat_event(self, event: object) -> None:
         if isinstance(event, TurnCommitted):
@@ -502,7 +561,7 @@ class ConversationService:
             stream.put(MemorySaved(event.conversation, event.turn, stream.saved))
         elif isinstance(event, TurnFailed):
             del self._streams[key]
-            stream.put(TurnLost(event.message, conflict=stream.saved is not None))
+            stream.put(TurnLost(event.message, conflict=stream.conflict))
 
     # ----- conversations
 
@@ -570,5 +629,6 @@ class ConversationService:
             stream.put(TurnLost("the server is shutting down; the turn was not stored", conflict=False))
         self._streams.clear()
         await asyncio.to_thread(self.worker.shutdown)
+        await asyncio.to_thread(self.storage_thread.close)
         self.storage.close()
         self.system_prompts.close()

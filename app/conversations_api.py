@@ -175,7 +175,7 @@ async def post_turn(conversation_id: str, body: NewTurn, request: Request) -> Re
     fields = body.model_dump(exclude={"query", "stream", "stop"})
     plan = generate_plan(request.app.state.settings.defaults, body.stop, **fields)
     async with service.turns(conversation_id) as turns:
-        stream = turns.generate(body.query, plan)
+        stream = await turns.generate(body.query, plan)
     if body.stream:
         return event_stream(turn_events(service, stream))
     result = await turn_result(stream.settled, stream, request)

@@ -218,7 +218,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
     service.check_history(history)
     async with service.turns_after_history(history) as turns:
-        stream = turns.generate(history.query, plan)
+        stream = await turns.generate(history.query, plan)
         written = turns.written_tokens
     service.expect_history(history, stream)
     completion = _Completion(stream, model, written, int(time.time()))
@@ -328,7 +328,7 @@ async def create_response(body: ResponseRequest, request: Request) -> Response:
             )
         holding = service.turns_after(conversation_id, turn, history.turns)
     async with holding as turns:
-        stream = turns.generate(history.query, plan)
+        stream = await turns.generate(history.query, plan)
         written = turns.written_tokens
     reply = _Response(stream, model, written, body)
     if body.stream:

@@ -37,7 +37,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -158,6 +158,19 @@ class TurnStats:
     stopped: bool = False
     memory_change: tuple[float, ...] = ()
     """Per STM layer: ||STM_t - STM_{t-1}|| / ||STM_{t-1}||."""
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """A turn to commit (:meth:`Storage.commit_turns`); the fields are :meth:`Storage.commit_turn`'s arguments."""
+
+    conversation_id: str
+    turn: int
+    query: str
+    answer: str
+    stats: TurnStats
+    snapshot: Path | None = None
+    revision: int | None = None
 
 
 @dataclass(frozen=True)
@@ -306,15 +319,8 @@ class Storage:
         self.database_path = self.data_dir / DATABASE_NAME
         for folder in (self.data_dir, self.snapshot_root):
             folder.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.database_path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=FULL")
-        except sqlite3.Error as error:
-            raise StorageError(f"cannot open the chat database {self.database_path}: {error}") from error
-        self._writer_lock = WriterLock(self.writers_folder)
+        self._db = self._connect()
+        self._writer_lock: WriterLock | None = WriterLock(self.writers_folder)
         self.writer = self._writer_lock.id
         """This Storage's writer id: the owner of the snapshots it hands out until they are committed."""
         self._closed = False
@@ -330,6 +336,9 @@ class Storage:
         if self._closed:
             return
         self._closed = True
+        if self._writer_lock is None:  # another thread's connection of a writer: the writer closes itself
+            self._db.close()
+            return
         try:
             with self._transaction() as db:
                 pending = db.execute(
@@ -344,7 +353,29 @@ class Storage:
             self._db.close()
             self._writer_lock.release()
 
+    def connection_for_thread(self) -> Storage:
+        """This writer on a connection of its own, for the thread that calls this (an SQLite connection
+        belongs to the thread that opened it). Same writer id: it commits and discards the snapshots
+        this Storage handed out. Closing it closes only its connection."""
+        other = object.__new__(Storage)
+        other.data_dir, other.snapshot_root = self.data_dir, self.snapshot_root
+        other.writers_folder, other.database_path = self.writers_folder, self.database_path
+        other._db = other._connect()
+        other._writer_lock, other.writer, other._closed = None, self.writer, False
+        return other
+
     # ----- database plumbing
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.database_path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as error:
+            raise StorageError(f"cannot open the chat database {self.database_path}: {error}") from error
+        return db
 
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
@@ -563,48 +594,94 @@ class Storage:
             StorageError: the snapshot file is missing, the conversation is unknown, or a text or
                 figure cannot be stored (TurnConflictError: see above).
         """
-        turn = _turn(turn)
-        query, answer, figures = _text(query, "query"), _text(answer, "answer"), _stats_row(stats)
-        folder = self.snapshot_root / self._checked_id(conversation_id)
-        snapshot = Path(snapshot) if snapshot is not None else folder / f"{turn}{SNAPSHOT_SUFFIX}"
-        if snapshot.parent != folder:
-            raise StorageError(f"snapshot {snapshot} of conversation {conversation_id} is not in {folder}")
-        if not snapshot.is_file():
-            raise StorageError(f"turn {turn} of {conversation_id} has no STM snapshot at {snapshot}; write it first")
-        now = _now()
+        record = self._checked_record(TurnRecord(conversation_id, turn, query, answer, stats, snapshot, revision))
         with self._transaction() as db:
-            current = _conversation(self._row(db, conversation_id))
-            if turn != current.turn_count + 1:
-                raise TurnConflictError(
-                    f"conversation {conversation_id} is at turn {current.turn_count}; cannot commit turn {turn}"
-                )
-            if revision is not None and revision != current.revision:
-                raise TurnConflictError(
-                    f"conversation {conversation_id} changed since turn {turn} was started "
-                    f"(revision {current.revision}, the turn continues revision {revision}); it was not committed"
-                )
-            db.execute(
-                "INSERT INTO messages (conversation_id, turn, role, text, created_at) VALUES (?, ?, 'user', ?, ?)",
-                (conversation_id, turn, query, now),
+            return self._record_turn(db, record)
+
+    def commit_turns(self, records: list[TurnRecord]) -> list[Conversation | StorageError]:
+        """Commit several turns in one transaction (one fsync), each as :meth:`commit_turn` would.
+
+        A turn that cannot be committed (TurnConflictError, a missing snapshot, ...) is left out and
+        its error is returned in its place; the others are committed. If the transaction itself fails,
+        none is and every place holds that error.
+        """
+        results: list[Conversation | StorageError | None] = [None] * len(records)
+        checked: list[tuple[int, TurnRecord]] = []
+        for index, record in enumerate(records):
+            try:
+                checked.append((index, self._checked_record(record)))
+            except StorageError as error:
+                results[index] = error
+        try:
+            with self._transaction() as db:
+                for index, record in checked:
+                    db.execute("SAVEPOINT turn")
+                    try:
+                        results[index] = self._record_turn(db, record)
+                    except StorageError as error:
+                        db.execute("ROLLBACK TO turn")
+                        results[index] = error
+                    db.execute("RELEASE turn")
+        except StorageError as error:
+            for index, _ in checked:
+                results[index] = error
+        return results
+
+    def _checked_record(self, record: TurnRecord) -> TurnRecord:
+        """``record`` with its texts, figures and snapshot checked (the snapshot's default filled in)."""
+        turn, query, answer = _turn(record.turn), _text(record.query, "query"), _text(record.answer, "answer")
+        _stats_row(record.stats)
+        folder = self.snapshot_root / self._checked_id(record.conversation_id)
+        snapshot = Path(record.snapshot) if record.snapshot is not None else folder / f"{turn}{SNAPSHOT_SUFFIX}"
+        if snapshot.parent != folder:
+            raise StorageError(f"snapshot {snapshot} of conversation {record.conversation_id} is not in {folder}")
+        if not snapshot.is_file():
+            raise StorageError(
+                f"turn {turn} of {record.conversation_id} has no STM snapshot at {snapshot}; write it first"
             )
-            db.execute(
-                "INSERT INTO messages (conversation_id, turn, role, text, created_at, tokens, prompt_seconds,"
-                " ttft_seconds, tokens_per_second, memory_update_seconds, stopped, memory_change)"
-                " VALUES (?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, turn, answer, now, *figures),
+        return replace(record, turn=turn, query=query, answer=answer, snapshot=snapshot)
+
+    def _record_turn(self, db: sqlite3.Connection, record: TurnRecord) -> Conversation:
+        """Compare and set (see :meth:`commit_turn`), then record a checked turn, in ``db``'s transaction."""
+        conversation_id, turn, revision, snapshot = (
+            record.conversation_id,
+            record.turn,
+            record.revision,
+            record.snapshot,
+        )
+        figures, now = _stats_row(record.stats), _now()
+        current = _conversation(self._row(db, conversation_id))
+        if turn != current.turn_count + 1:
+            raise TurnConflictError(
+                f"conversation {conversation_id} is at turn {current.turn_count}; cannot commit turn {turn}"
             )
-            db.execute(
-                "INSERT INTO snapshots (conversation_id, turn, file) VALUES (?, ?, ?)",
-                (conversation_id, turn, snapshot.name),
+        if revision is not None and revision != current.revision:
+            raise TurnConflictError(
+                f"conversation {conversation_id} changed since turn {turn} was started "
+                f"(revision {current.revision}, the turn continues revision {revision}); it was not committed"
             )
-            db.execute(
-                "DELETE FROM pending_snapshots WHERE conversation_id = ? AND file = ?", (conversation_id, snapshot.name)
-            )
-            db.execute(
-                "UPDATE conversations SET turn_count = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
-                (turn, now, conversation_id),
-            )
-            return _conversation(self._row(db, conversation_id))
+        db.execute(
+            "INSERT INTO messages (conversation_id, turn, role, text, created_at) VALUES (?, ?, 'user', ?, ?)",
+            (conversation_id, turn, record.query, now),
+        )
+        db.execute(
+            "INSERT INTO messages (conversation_id, turn, role, text, created_at, tokens, prompt_seconds,"
+            " ttft_seconds, tokens_per_second, memory_update_seconds, stopped, memory_change)"
+            " VALUES (?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (conversation_id, turn, record.answer, now, *figures),
+        )
+        db.execute(
+            "INSERT INTO snapshots (conversation_id, turn, file) VALUES (?, ?, ?)",
+            (conversation_id, turn, snapshot.name),
+        )
+        db.execute(
+            "DELETE FROM pending_snapshots WHERE conversation_id = ? AND file = ?", (conversation_id, snapshot.name)
+        )
+        db.execute(
+            "UPDATE conversations SET turn_count = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
+            (turn, now, conversation_id),
+        )
+        return _conversation(self._row(db, conversation_id))
 
     def rewind_to(self, conversation_id: str, turn: int) -> Conversation:
         """Drop every turn after ``turn`` (messages and snapshot records, then their files)."""
