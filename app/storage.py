@@ -378,17 +378,27 @@ class Storage:
         return db
 
     @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction: ``write`` takes the write lock at once (compare-and-set), else a consistent read."""
+    def _transaction(self, write: bool = True, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction: ``write`` takes the write lock at once (compare-and-set), else a consistent read.
+
+        ``durable=False``: the commit is not fsynced. Every process sees it at once; only a power
+        loss before the next fsynced commit (which syncs it too) can undo it.
+        """
         try:
-            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
         except (sqlite3.Error, OverflowError) as error:
             raise StorageError(f"{self.database_path}: {error}") from error
 
@@ -456,10 +466,12 @@ class Storage:
 
         The name is this writer's alone, and no process removes the file while this writer lives
         (or until :meth:`commit_turn` makes it the turn's snapshot or :meth:`discard_snapshot` drops it).
+        The claim is not fsynced: a power loss that undoes it also ends this writer, whose claims
+        lapse then anyway (the commit that takes the file is fsynced, and the claim with it).
         """
         turn = _turn(turn)
         file = f"{turn}.{uuid.uuid4().hex[:16]}{SNAPSHOT_SUFFIX}"
-        with self._transaction() as db:
+        with self._transaction(durable=False) as db:
             conversation = _conversation(self._row(db, conversation_id))
             if turn <= conversation.turn_count:
                 raise StorageError(f"turn {turn} of conversation {conversation_id} is committed already")
