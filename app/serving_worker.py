@@ -31,6 +31,7 @@ stop string.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -47,9 +48,9 @@ from rxt_app.worker import (
     InferenceWorker,
     JobFailed,
     TokenText,
+    TurnJob,
     TurnSaved,
     TurnStarted,
-    _Send,
     memory_change,
 )
 
@@ -92,11 +93,6 @@ class AnswerEnded:
     prompt_tokens: int
 
 
-@dataclass(frozen=True)
-class _PlannedSend(_Send):
-    plan: TurnPlan | None = None
-
-
 class ServingWorker(InferenceWorker):
     """The one inference thread of rxt-serve (see the module docstring).
 
@@ -120,6 +116,8 @@ class ServingWorker(InferenceWorker):
         self.system_prompt_of = system_prompt_of
         self.max_batch = max_batch
         self._plans: dict[str, TurnPlan] = {}
+        self._turn_plans: dict[tuple[str, int], TurnPlan] = {}
+        self._stop_lock = threading.Lock()
         self._stop_requests: set[tuple[str, int]] = set()
         self._decoding: set[tuple[str, int]] = set()
         self._update_stream = None
@@ -135,17 +133,20 @@ class ServingWorker(InferenceWorker):
         self._plans.pop(conversation_id, None)
 
     def send(self, conversation_id: str, turn: int, query: str, snapshot: Path) -> None:
-        self._jobs.put(_PlannedSend(conversation_id, turn, query, snapshot, self._plans.pop(conversation_id, None)))
+        plan = self._plans.pop(conversation_id, None)
+        if plan is not None:
+            self._turn_plans[(conversation_id, turn)] = plan
+        super().send(conversation_id, turn, query, snapshot)
 
     def stop_turn(self, conversation_id: str, turn: int) -> None:
         """Stop ``turn`` of a conversation (thread-safe); its partial answer is kept and memorised."""
-        with self._lock:
+        with self._stop_lock:
             self._stop_requests.add((conversation_id, turn))
 
     def stop(self) -> None:
         """Stop every answer being generated (alone or together); they are kept and memorised."""
         super().stop()
-        with self._lock:
+        with self._stop_lock:
             self._stop_requests |= self._decoding
 
     def wait_idle(self) -> None:
@@ -160,7 +161,7 @@ class ServingWorker(InferenceWorker):
 
     # ----- on the inference thread
 
-    def _send(self, job: _Send) -> None:
+    def _send(self, job: TurnJob) -> None:
         plan = self._plan(job)
         if isinstance(plan, Absorb):
             self._absorb(job, plan)
@@ -169,37 +170,40 @@ class ServingWorker(InferenceWorker):
         else:
             self._decode_alone(job, plan)
 
-    def _plan(self, job: _Send) -> TurnPlan:
-        plan = getattr(job, "plan", None)
+    def _plan(self, job: TurnJob) -> TurnPlan:
+        plan = self._turn_plans.get((job.conversation_id, job.turn))
         return plan if plan is not None else Generate(SamplingOptions.of(None, **self.sampling))
 
-    def _open_session(self, job: _Send):
-        session = self._sessions.get(job.conversation_id)
+    def _open_session(self, job: TurnJob):
+        session = self.loaded_session(job.conversation_id)
         if session is None:
             raise RuntimeError(f"conversation {job.conversation_id} is not open (its memory could not be loaded)")
         return session
 
-    def _stop_requested(self, job: _Send) -> bool:
-        with self._lock:
+    def _stop_requested(self, job: TurnJob) -> bool:
+        with self._stop_lock:
             return (job.conversation_id, job.turn) in self._stop_requests
 
-    def _starting(self, job: _Send) -> None:
-        """Forget stop requests of this conversation's earlier turns; post TurnStarted."""
-        with self._lock:
+    def _starting(self, job: TurnJob) -> None:
+        """Forget the turn's plan (read by now) and stop requests of this conversation's earlier
+        turns; post TurnStarted."""
+        self._turn_plans.pop((job.conversation_id, job.turn), None)
+        with self._stop_lock:
             self._stop_requests = {(c, t) for c, t in self._stop_requests if c != job.conversation_id or t >= job.turn}
-        self._post(TurnStarted(job.conversation_id, job.turn))
+        self.post(TurnStarted(job.conversation_id, job.turn))
 
-    def _failed(self, job: _Send, error: BaseException, details: str) -> None:
+    def _failed(self, job: TurnJob, error: BaseException, details: str) -> None:
         """Report ``job``'s turn as failed with ``error`` (``details``: its traceback)."""
-        self._post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", details))
+        self._turn_plans.pop((job.conversation_id, job.turn), None)
+        self.post(JobFailed(job.conversation_id, job.turn, f"{type(error).__name__}: {error}", details))
 
-    def _post_text(self, job: _Send, text: str) -> None:
+    def _post_text(self, job: TurnJob, text: str) -> None:
         if text:
-            self._post(TokenText(job.conversation_id, job.turn, text))
+            self.post(TokenText(job.conversation_id, job.turn, text))
 
     # ----- one answer alone (sampled answers: Session's own loop and random stream)
 
-    def _decode_alone(self, job: _Send, plan: Generate) -> None:
+    def _decode_alone(self, job: TurnJob, plan: Generate) -> None:
         from rxt_mlx.session import AnswerDone
 
         session = self._open_session(job)
@@ -207,9 +211,7 @@ class ServingWorker(InferenceWorker):
         self._starting(job)
         stops = StopStrings(plan.stop)
         ids: list[int] = []
-        with self._lock:
-            self._active_session = session
-        try:
+        with self.answering(session):
             for event in session.generate(job.query, plan.options):
                 if isinstance(event, AnswerDone):
                     done = event
@@ -218,9 +220,6 @@ class ServingWorker(InferenceWorker):
                 self._post_text(job, stops.add(event.text))
                 if stops.hit or self._stop_requested(job):
                     session.stop()
-        finally:
-            with self._lock:
-                self._active_session = None
         text = stops.visible if stops.hit else done.text
         if not stops.hit:
             self._post_text(job, stops.finish())
@@ -242,7 +241,7 @@ class ServingWorker(InferenceWorker):
 
     # ----- answers decoded together (greedy answers of different conversations)
 
-    def _decode_together(self, first: _Send) -> None:
+    def _decode_together(self, first: TurnJob) -> None:
         """Decode ``first`` and the turns queued behind it (and arriving meanwhile) as rows of one
         batch; the memories of rows that end are updated together and saved.
 
@@ -282,7 +281,7 @@ class ServingWorker(InferenceWorker):
         finally:
             self._start_updates(together, -1)
             self._complete_updates(together, -1)
-            with self._lock:
+            with self._stop_lock:
                 self._decoding.clear()
             for _ in range(taken + together.ran):
                 self.job_done()
@@ -312,7 +311,7 @@ class ServingWorker(InferenceWorker):
                 together.updating.remove(update)
                 self._run_between(update.job, lambda update=update: self._complete_update(update))
 
-    def _join(self, together: _Together, jobs: list[_Send]) -> None:
+    def _join(self, together: _Together, jobs: list[TurnJob]) -> None:
         """Prefill the answers of ``jobs`` together and add them as the batch's last rows (a job
         that cannot start is reported failed); their first tokens are shown after the next step
         is launched."""
@@ -335,10 +334,10 @@ class ServingWorker(InferenceWorker):
             return
         together.rows.extend(rows)
         together.tokens = first if together.tokens is None else mx.concatenate([together.tokens, first])
-        with self._lock:
+        with self._stop_lock:
             self._decoding.update((job.conversation_id, job.turn) for job, _, _ in rows)
 
-    def _answer_row(self, job: _Send) -> tuple[Any, AnswerRow]:
+    def _answer_row(self, job: TurnJob) -> tuple[Any, AnswerRow]:
         """The Session of ``job``'s conversation and the row of its answer; posts TurnStarted."""
         session = self._open_session(job)
         plan = self._plan(job)
@@ -365,17 +364,17 @@ class ServingWorker(InferenceWorker):
         together.batch.remove(index)
         kept = [position for position in range(len(together.rows) + 1) if position != index]
         together.tokens = together.tokens[mx.array(kept)] if kept else None
-        with self._lock:
+        with self._stop_lock:
             self._decoding.discard((job.conversation_id, job.turn))
         self._run_between(
             job, lambda: together.ended.append(self._finish(job, session.stm, session.turn, row.result()))
         )
 
-    def _take_queued(self, together: _Together, rows: int) -> list[_Send]:
+    def _take_queued(self, together: _Together, rows: int) -> list[TurnJob]:
         """Take the jobs at the head of the queue that need not wait for a row of the batch, up to
         ``max_batch`` rows with ``rows`` rows in it: the answers that join it (returned, in order),
         and the other jobs, which run now."""
-        joining: list[_Send] = []
+        joining: list[TurnJob] = []
         while rows + len(joining) < self.max_batch:
             busy = {job.conversation_id for job, _, _ in together.rows}
             busy |= {update.job.conversation_id for update in together.ended + together.updating}
@@ -383,7 +382,7 @@ class ServingWorker(InferenceWorker):
             job = self.take_job(lambda job, busy=busy: getattr(job, "conversation_id", None) not in busy)
             if job is None:
                 return joining
-            if isinstance(job, _Send) and batchable(self._plan(job)):
+            if isinstance(job, TurnJob) and batchable(self._plan(job)):
                 joining.append(job)
             else:
                 together.ran += 1
@@ -403,11 +402,11 @@ class ServingWorker(InferenceWorker):
 
     # ----- after an answer
 
-    def _finish(self, job: _Send, previous_stm, previous_turn: int, answer: DecodedAnswer) -> _MemoryUpdate:
+    def _finish(self, job: TurnJob, previous_stm, previous_turn: int, answer: DecodedAnswer) -> _MemoryUpdate:
         """Post the answer; returns its memory update (with what the client got), not started."""
         prompt = self.tokenizer.query_ids(job.query)
-        self._post(AnswerEnded(job.conversation_id, job.turn, answer.finish_reason, len(prompt)))
-        self._post(
+        self.post(AnswerEnded(job.conversation_id, job.turn, answer.finish_reason, len(prompt)))
+        self.post(
             AnswerFinished(
                 job.conversation_id,
                 job.turn,
@@ -426,16 +425,16 @@ class ServingWorker(InferenceWorker):
         )
         return self._memory_update(job, previous_stm, previous_turn, interaction, answer.text, stats)
 
-    def _absorb(self, job: _Send, plan: Absorb) -> None:
+    def _absorb(self, job: TurnJob, plan: Absorb) -> None:
         session = self._open_session(job)
-        self._post(TurnStarted(job.conversation_id, job.turn))
-        self._post(AnswerFinished(job.conversation_id, job.turn, plan.answer, 0, 0.0, 0.0, 0.0, False))
+        self._starting(job)
+        self.post(AnswerFinished(job.conversation_id, job.turn, plan.answer, 0, 0.0, 0.0, 0.0, False))
         interaction = self.tokenizer.interaction_ids(job.query, plan.answer)
         stats = TurnStats(0, 0.0, 0.0, 0.0, 0.0)
         self._complete_update(self._memory_update(job, session.stm, session.turn, interaction, plan.answer, stats))
 
     def _memory_update(
-        self, job: _Send, stm, turn: int, interaction: list[int], answer: str, stats: TurnStats
+        self, job: TurnJob, stm, turn: int, interaction: list[int], answer: str, stats: TurnStats
     ) -> _MemoryUpdate:
         """The memory update of ``stm`` (after ``turn`` turns) with ``interaction``, not started."""
         limit = self.model.config.encoder.seq_len
@@ -470,14 +469,14 @@ class ServingWorker(InferenceWorker):
             self._start_update([update])
         job = update.job
         session = Session(self.model, self.tokenizer, stm=update.stm, turn=update.turn + 1)
-        self._sessions[job.conversation_id] = session
+        self.set_session(job.conversation_id, session)
         change = tuple(memory_change(update.previous_stm, session.stm))
         seconds = time.perf_counter() - update.started
         stats = replace(update.stats, memory_update_seconds=seconds, memory_change=change)
         data, _ = stm_file_bytes(job.snapshot, session.stm, model_fingerprint=self.fingerprint, turn=job.turn)
         saved = TurnSaved(job.conversation_id, job.turn, job.query, update.answer, stats, job.snapshot)
         self._snapshots.write(
-            job.snapshot, data, lambda: self._post(saved), lambda error, details: self._failed(job, error, details)
+            job.snapshot, data, lambda: self.post(saved), lambda error, details: self._failed(job, error, details)
         )
 
 
@@ -486,7 +485,7 @@ class _MemoryUpdate:
     """A turn's memory update: ``stm`` (None until started) is computed from ``previous_stm`` and
     ``interaction``; ``steps``: decoder steps since the answer ended, then since it started."""
 
-    job: _Send
+    job: TurnJob
     previous_stm: Any
     turn: int
     interaction: list[int]
@@ -505,7 +504,7 @@ class _Together:
     ``ran`` between two steps."""
 
     batch: Any
-    rows: list[tuple[_Send, Any, AnswerRow]] = field(default_factory=list)
+    rows: list[tuple[TurnJob, Any, AnswerRow]] = field(default_factory=list)
     tokens: Any = None
     ended: list[_MemoryUpdate] = field(default_factory=list)
     updating: list[_MemoryUpdate] = field(default_factory=list)

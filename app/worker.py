@@ -14,7 +14,8 @@ from __future__ import annotations
 import queue
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,11 @@ class _Send:
     query: str
     snapshot: Path
     sampling: dict | None = field(default=None, kw_only=True)
+
+
+TurnJob = _Send
+"""The job :meth:`InferenceWorker.send` queues (``conversation_id``, ``turn``, ``query``,
+``snapshot``, ``sampling``), as :meth:`InferenceWorker.take_job` gives it to a subclass."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,31 @@ class InferenceWorker:
     def wait_idle(self) -> None:
         """Block until every queued job is done (for tests and shutdown)."""
         self._jobs.join()
+
+    # ----- for subclasses: their own answer loops on the inference thread
+
+    def post(self, event: WorkerEvent) -> None:
+        """Hand ``event`` to the front end (the ``post`` callback)."""
+        self._post(event)
+
+    def loaded_session(self, conversation_id: str) -> Any | None:
+        """The Session of an opened conversation, None if it is not open."""
+        return self._sessions.get(conversation_id)
+
+    def set_session(self, conversation_id: str, session: Any) -> None:
+        """Make ``session`` the conversation's Session (its memory after a turn)."""
+        self._sessions[conversation_id] = session
+
+    @contextmanager
+    def answering(self, session: Any) -> Iterator[None]:
+        """Within the block, :meth:`stop` and :meth:`cancel` stop ``session``'s answer."""
+        with self._lock:
+            self._active_session = session
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active_session = None
 
     def _run(self) -> None:
         try:
