@@ -19,9 +19,9 @@ and events, so a :class:`~rxt_app.controller.ChatController` drives it unchanged
   the answer it gives alone). Jobs of other conversations run between two steps (taken with
   :meth:`~rxt_app.worker.InferenceWorker.take_job`); a job of a conversation in the batch waits
   for its row, so one conversation's turns keep their order;
-* snapshots written by a :class:`~rxt_app.snapshot_writer.SnapshotWriter` thread: the inference
-  thread goes on decoding while a turn's file is written and fsynced, and TurnSaved is posted
-  once it is on disk.
+* snapshots written by :class:`~rxt_app.snapshot_writer.SnapshotWriter` threads (those of
+  different conversations at once): the inference thread goes on decoding while a turn's file is
+  written and fsynced, and TurnSaved is posted once it is on disk.
 
 The system prompt of a conversation's turn-0 memory is the worker's ``system_prompt_of``.
 

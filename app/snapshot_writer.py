@@ -1,11 +1,15 @@
-"""STM snapshots written on a thread of their own, so that the inference thread goes on decoding.
+"""STM snapshots written on threads of their own, so that the inference thread goes on decoding.
 
 The inference thread turns a turn's STM into the bytes of its file
 (:func:`rxt_mlx.stm.stm_file_bytes`: evaluated and converted there, so no MLX array crosses
 threads); :class:`SnapshotWriter` writes them atomically (temp file, fsync, rename, fsync of
-the folder, :func:`rxt_mlx.stm.write_stm_file`), one after another in the order given, and then
-calls the write's ``saved`` callback: a turn is reported saved (and then committed) only once
-its file is on disk. A write that fails calls ``failed`` with the error and its traceback.
+the folder, :func:`rxt_mlx.stm.write_stm_file`) and then calls the write's ``saved`` callback: a
+turn is reported saved (and then committed) only once its file is on disk. A write that fails
+calls ``failed`` with the error and its traceback.
+
+Snapshots of different conversations (folders) are written by several threads at once, so that
+the answers that end together wait for one round of fsyncs rather than for each other's; the
+snapshots of one folder are written by one thread, in the order given.
 """
 
 from __future__ import annotations
@@ -29,15 +33,20 @@ class _Write:
 
 
 _CLOSE = object()
+THREADS = 4
 
 
 class SnapshotWriter:
-    """One thread writing snapshot files in order; see the module docstring."""
+    """``threads`` threads writing snapshot files, each folder's in order; see the module docstring."""
 
-    def __init__(self):
-        self._writes: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="rxt-snapshots", daemon=True)
-        self._thread.start()
+    def __init__(self, threads: int = THREADS):
+        self._queues: list[queue.Queue] = [queue.Queue() for _ in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(writes,), name=f"rxt-snapshots-{index}", daemon=True)
+            for index, writes in enumerate(self._queues)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def write(
         self,
@@ -46,22 +55,27 @@ class SnapshotWriter:
         saved: Callable[[], object],
         failed: Callable[[BaseException, str], object],
     ) -> None:
-        """Write ``data`` to ``path`` atomically, then call ``saved`` (or ``failed``) on the writer's thread."""
-        self._writes.put(_Write(Path(path), data, saved, failed))
+        """Write ``data`` to ``path`` atomically, then call ``saved`` (or ``failed``) on a writer's thread."""
+        path = Path(path)
+        self._queues[hash(path.parent) % len(self._queues)].put(_Write(path, data, saved, failed))
 
     def wait(self) -> None:
         """Block until every write given so far is done and reported."""
-        self._writes.join()
+        for writes in self._queues:
+            writes.join()
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Finish the writes given so far, then end the thread."""
-        if self._thread.is_alive():
-            self._writes.put(_CLOSE)
-            self._thread.join(timeout)
+        """Finish the writes given so far, then end the threads."""
+        for writes, thread in zip(self._queues, self._threads, strict=True):
+            if thread.is_alive():
+                writes.put(_CLOSE)
+        for thread in self._threads:
+            thread.join(timeout)
 
-    def _run(self) -> None:
+    @staticmethod
+    def _run(writes: queue.Queue) -> None:
         while True:
-            write = self._writes.get()
+            write = writes.get()
             try:
                 if write is _CLOSE:
                     return
@@ -72,4 +86,4 @@ class SnapshotWriter:
                 else:
                     write.saved()
             finally:
-                self._writes.task_done()
+                writes.task_done()

@@ -4,6 +4,9 @@ leave the batch at different steps."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import mlx.core as mx
 import pytest
 from mlx.utils import tree_map
@@ -189,9 +192,40 @@ def test_a_snapshot_is_reported_saved_only_once_it_is_written(tmp_path):
         writer.wait()
     finally:
         writer.close()
-    assert reported[0] == ("saved", b"stm bytes")
-    assert reported[1][0] == "failed" and isinstance(reported[1][1], OSError)
-    assert not writer._thread.is_alive()
+    outcomes = dict(reported)
+    assert outcomes["saved"] == b"stm bytes" and isinstance(outcomes["failed"], OSError)
+    assert not any(thread.is_alive() for thread in writer._threads)
+
+
+def test_snapshots_of_other_conversations_are_written_meanwhile_and_one_conversations_in_order(tmp_path, monkeypatch):
+    import rxt_app.snapshot_writer as snapshot_writer
+
+    slow_folder, written, release = tmp_path / "slow", [], threading.Event()
+
+    def write_stm_file(path, data):
+        if path.parent == slow_folder:
+            release.wait(10)
+        written.append(path.relative_to(tmp_path).as_posix())
+
+    monkeypatch.setattr(snapshot_writer, "write_stm_file", write_stm_file)
+    writer = SnapshotWriter(threads=2)
+    folders = [slow_folder] + [
+        folder for folder in (tmp_path / f"c{index}" for index in range(8)) if hash(folder) % 2 != hash(slow_folder) % 2
+    ][:1]
+    try:
+        for turn in (1, 2, 3):
+            for folder in folders:
+                writer.write(folder / f"{turn}.safetensors", b"", lambda: None, None)
+        deadline = time.monotonic() + 10
+        while len(written) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        other = folders[1].name
+        assert written == [f"{other}/1.safetensors", f"{other}/2.safetensors", f"{other}/3.safetensors"]
+        release.set()
+        writer.wait()
+    finally:
+        writer.close()
+    assert written[3:] == ["slow/1.safetensors", "slow/2.safetensors", "slow/3.safetensors"]
 
 
 def test_take_job_takes_the_next_job_only_when_it_may_run(tmp_path):
