@@ -525,13 +525,15 @@ class ConversationService:
         if stream is not None:
             stream.conflict = isinstance(result, TurnConflictError)
         self._prepared.prepare_commit(event.conversation_id, event.turn, result)
-        self.controller.handle(event)
-        waiting = self._commits[event.conversation_id]
-        waiting.pop(0)
-        if waiting:
-            self._start_commit(waiting[0])
-        else:
-            del self._commits[event.conversation_id]
+        try:
+            self.controller.handle(event)
+        finally:
+            waiting = self._commits[event.conversation_id]
+            waiting.pop(0)
+            if waiting:
+                self._start_commit(waiting[0])
+            else:
+                del self._commits[event.conversation_id]
 
     def _on_chat_event(self, event: object) -> None:
         if isinstance(event, TurnCommitted):

@@ -98,7 +98,10 @@ class StorageThread:
                     jobs.append(self._jobs.get_nowait())
                 commits = [job for job in jobs if isinstance(job, _Commit)]
                 if commits:
-                    results = connection.commit_turns([job.record for job in commits])
+                    try:
+                        results = connection.commit_turns([job.record for job in commits])
+                    except Exception as error:  # noqa: BLE001 - each turn is reported lost, the thread goes on
+                        results = [StorageError(f"{type(error).__name__}: {error}")] * len(commits)
                     for job, result in zip(commits, results, strict=True):
                         self._resolve(job.future, result)
                 for job in jobs:
