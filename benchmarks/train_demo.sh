@@ -29,8 +29,18 @@ start=$(date +%s)
 #    syllable words alone left real held-out words miscopied ("sapphire" -> "sappren")
 "$BIN/rxt-train" --config configs/demo_letters.json --out "$RUN/6-letters" \
     --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/5-fresh/checkpoint.pt" --start-stage smat
+"$BIN/rxt-convert" "$RUN/6-letters/rxlm" "$RUN/6-mlx"
+# 7. natural dialogues (issue 18): real names, cities, jobs, colors and foods from the data packages,
+#    free-form filler lines with short generic replies, two facts in one message, questions about facts
+#    never stated, 256 tokens per interaction. Starts from segment 6's MLX folder. The 3000-step schedule
+#    is run in parts across sessions: each part pauses at the config's stop_at; the next raises stop_at
+#    and continues with the same command plus --resume (the committed run folder is
+#    benchmarks/demo_training/7-natural).
+"$BIN/rxt-train" --config configs/demo_natural.json --out "$RUN/7-natural" \
+    --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/6-mlx" --start-stage smat
 echo "training wall time: $(( $(date +%s) - start )) s"
-"$BIN/rxt-convert" "$RUN/6-letters/rxlm" "$RUN/mlx"
+"$BIN/rxt-convert" "$RUN/7-natural/rxlm" "$RUN/mlx"
 "$BIN/rxt-eval" --model "$RUN/mlx" --split heldout --conversations 400 --json "$RUN/eval-heldout.json"
 "$BIN/rxt-eval" --model "$RUN/mlx" --split train --conversations 200 --json "$RUN/eval-train.json"
+"$BIN/rxt-eval" --model "$RUN/mlx" --natural --conversations 400 --json "$RUN/eval-natural.json"
 cp "$RUN/mlx/config.json" "$RUN/mlx/model.safetensors" "$RUN/mlx/tokenizer.model" rxt_mlx/demo/

@@ -91,6 +91,7 @@ class EvalResult:
     answers_exact: int = 0
     answers: int = 0
     not_told: RecallTally = field(default_factory=RecallTally)
+    too_long: int = 0
     nll: float = 0.0
     answer_tokens: int = 0
     transcript: list[dict[str, str]] = field(default_factory=list)
@@ -118,6 +119,7 @@ class EvalResult:
             "recall": recall,
             "answers_exact": self.answers_exact / max(self.answers, 1),
             "not_told": self.not_told.to_dict(),
+            "too_long": self.too_long,
             "answer_perplexity": self.perplexity,
             "answer_tokens": self.answer_tokens,
             "example": self.transcript,
@@ -140,6 +142,8 @@ class EvalResult:
                 f"{a['exact']:>8.1%} {a['entity']:>8.1%} {c['chance']:>7.2%}"
             )
         lines.append("")
+        if self.too_long:
+            lines.append(f"queries longer than the model's context (answered as wrong): {self.too_long}")
         if self.not_told.questions:
             told = self.not_told.to_dict()["exact"]
             lines.append(
@@ -172,13 +176,25 @@ def greedy_answer(session, query: str, max_tokens: int) -> str:
     return text
 
 
+def answer_if_it_fits(session, query: str, max_tokens: int, result: EvalResult) -> str:
+    """:func:`greedy_answer`, or "" (a wrong answer, counted in ``result.too_long``) for a query the
+    model's context cannot take; the memory is then left as it was, as the chat leaves it."""
+    try:
+        return greedy_answer(session, query, max_tokens)
+    except ValueError:
+        if len(session.tokenizer.query_ids(query)) < session.model.config.decoder.seq_len - 1:
+            raise
+        result.too_long += 1
+        return ""
+
+
 def evaluate_recall(model, tokenizer, conversations, result: EvalResult, split: str, slots, args) -> None:
     """Play every conversation with memory carried, and its questions with memory ablated."""
     initial = model.initial_stm(batch=1, seed=args.stm_seed)
     for number, conversation in enumerate(conversations):
         session = Session(model, tokenizer, stm=initial)
         for turn in conversation.turns:
-            answer = greedy_answer(session, turn.query, args.max_tokens)
+            answer = answer_if_it_fits(session, turn.query, args.max_tokens, result)
             correct = exact_match(answer, turn.answer)
             result.answers += 1
             result.answers_exact += correct
@@ -191,7 +207,7 @@ def evaluate_recall(model, tokenizer, conversations, result: EvalResult, split: 
             chance = chance_of(turn, split, slots)
             name = distance_bin(turn.distance)
             result.recall["memory"][name].add(correct, entity_match(answer, turn.values), chance)
-            ablated = greedy_answer(Session(model, tokenizer, stm=initial), turn.query, args.max_tokens)
+            ablated = answer_if_it_fits(Session(model, tokenizer, stm=initial), turn.query, args.max_tokens, result)
             result.recall["ablated"][name].add(
                 exact_match(ablated, turn.answer), entity_match(ablated, turn.values), chance
             )
