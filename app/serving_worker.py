@@ -55,6 +55,7 @@ from rxt_app.worker import (
 )
 
 from rxt_mlx.sampling import SamplingOptions
+from rxt_mlx.session import answer_budget
 
 UPDATE_GATHER_STEPS = 2
 """Decoder steps a finished row's memory update waits for other rows to finish, so that their
@@ -523,13 +524,3 @@ def batchable(plan: TurnPlan) -> bool:
     answers keep Session's own random stream, so a seed gives the same answer as alone)."""
     options = plan.options
     return isinstance(plan, Generate) and options.temperature == 0 and options.repetition_penalty in (None, 1.0)
-
-
-def answer_budget(seq_len: int, prompt_length: int, max_tokens: int) -> int:
-    """Session's answer budget: the decoder context left after the prompt, at most ``max_tokens``."""
-    if seq_len - prompt_length < 1:
-        raise ValueError(
-            f"query is {prompt_length} tokens with its template ([BOS][Q]...[A]); the decoder's seq_len is "
-            f"{seq_len}, which leaves no room for an answer"
-        )
-    return min(max_tokens, seq_len - prompt_length)

@@ -73,6 +73,24 @@ class MemoryUpdated:
 Event = TokenEvent | AnswerDone | MemoryUpdated
 
 
+class QueryTooLong(ValueError):
+    """The query with its template fills the decoder's context: no room is left for an answer."""
+
+
+def answer_budget(seq_len: int, prompt_length: int, max_tokens: int) -> int:
+    """Tokens an answer may take: the decoder context left after the prompt, at most ``max_tokens``.
+
+    Raises :class:`QueryTooLong` when the prompt leaves no room.
+    """
+    room = seq_len - prompt_length
+    if room < 1:
+        raise QueryTooLong(
+            f"query is {prompt_length} tokens with its template ([BOS][Q]...[A]); the decoder's seq_len "
+            f"is {seq_len}, which leaves no room for an answer (shorten the query below {seq_len - 1} tokens)"
+        )
+    return min(max_tokens, room)
+
+
 class Session:
     """A conversation: the STM, the turn counter and the generation loop.
 
@@ -86,7 +104,7 @@ class Session:
 
     Answer length: the decoder context is ``config.decoder.seq_len`` tokens for the whole
     interaction, so the answer budget is ``min(max_tokens, seq_len - len([BOS][Q]query[A]))``
-    (rxlm bounds it the same way); a query that leaves no room raises ``ValueError``.
+    (rxlm bounds it the same way); a query that leaves no room raises :class:`QueryTooLong` (a ``ValueError``).
     """
 
     def __init__(self, model, tokenizer: RxTTokenizer, stm: mx.array | None = None, system_prompt=None, *, turn=0):
@@ -287,14 +305,7 @@ class Session:
         return ids
 
     def _answer_budget(self, prompt_length: int, max_tokens: int) -> int:
-        seq_len = self.model.config.decoder.seq_len
-        room = seq_len - prompt_length
-        if room < 1:
-            raise ValueError(
-                f"query is {prompt_length} tokens with its template ([BOS][Q]...[A]); the decoder's seq_len "
-                f"is {seq_len}, which leaves no room for an answer (shorten the query below {seq_len - 1} tokens)"
-            )
-        return min(max_tokens, room)
+        return answer_budget(self.model.config.decoder.seq_len, prompt_length, max_tokens)
 
     def save_stm(self, path: str | Path) -> dict[str, str]:
         """Save the STM and turn counter atomically (see :func:`rxt_mlx.stm.save_stm`)."""

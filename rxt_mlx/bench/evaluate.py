@@ -34,7 +34,7 @@ import mlx.core as mx
 import rxt_mlx
 from rxt_mlx.bench import dialogues
 from rxt_mlx.bench.dialogues import PET_KINDS, entity_match, exact_match
-from rxt_mlx.session import AnswerDone, Session
+from rxt_mlx.session import AnswerDone, QueryTooLong, Session
 
 DISTANCE_BINS = ("1", "2", "3", "4", "5", "6", "7+")
 TARGET_BINS = DISTANCE_BINS[:6]  # the demo's target range: facts stated 1-6 turns earlier
@@ -181,9 +181,7 @@ def answer_if_it_fits(session, query: str, max_tokens: int, result: EvalResult) 
     model's context cannot take; the memory is then left as it was, as the chat leaves it."""
     try:
         return greedy_answer(session, query, max_tokens)
-    except ValueError:
-        if len(session.tokenizer.query_ids(query)) < session.model.config.decoder.seq_len - 1:
-            raise
+    except QueryTooLong:
         result.too_long += 1
         return ""
 
