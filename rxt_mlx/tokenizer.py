@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import TokenizerConfig
+from .errors import RxTError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 REPLACEMENT_CHARACTER = "\ufffd"  # what decoding gives for bytes that end inside a UTF-8 character
 
 
-class TokenizerError(ValueError):
+class TokenizerError(RxTError, ValueError):
     """The tokenizer file is missing or does not fit the model's tokenizer_config."""
 
 
