@@ -451,7 +451,7 @@ class ServingWorker(InferenceWorker):
         from rxt_mlx.batch import update_memories
 
         if self._update_stream is None:
-            self._update_stream = mx.new_stream(mx.cpu)
+            self._update_stream = mx.new_stream(mx.default_device())
         with mx.stream(self._update_stream):
             stms = update_memories(
                 self.model, [update.previous_stm for update in updates], [update.interaction for update in updates]
