@@ -367,6 +367,7 @@ def child_profile(folder: str, query_tokens: int, answer_tokens: int, rounds: in
     record["memory_update_pieces_seconds"] = pieces
     record["memory_update_seconds"] = sum(pieces.values())
     record["memory_update_flops"] = update_flops(model, interaction.shape[1])
+    record["memory_update_exps"] = update_exps(model, interaction.shape[1])
     record["mlx_peak_memory_bytes"] = mx.get_peak_memory()
     return record
 
@@ -400,6 +401,23 @@ def update_flops(model, tokens: int) -> int:
     return flops
 
 
+def update_exps(model, tokens: int) -> int:
+    """Softmax elements (one ``exp`` each) of one memory update of ``tokens`` tokens: the encoder's
+    self-attention, the main attention (STM slots x tokens) and the interlayer/self attention
+    (slots x slots). MLX's CPU backend computes ``exp`` one element at a time on one core (no
+    SIMD on x86 Linux), so at RxT-Beta's 4096 slots these, not the FLOPs, set the update's time."""
+    config = model.config
+    encoder, attention = config.encoder, config.memory_attention
+    layers, slots, _ = config.stm_shape
+    exps = encoder.num_layers * tokens * tokens * encoder.self_attention_shape().out_heads
+    exps += layers * slots * tokens * attention.main_attention_shape().out_heads
+    if config.memory_attention_variant in ("interlayer", "self-interlayer", "grouped-self-interlayer"):
+        exps += layers * slots * slots * attention.interlayer_attention_shape().out_heads
+    elif config.memory_attention_variant == "self":
+        exps += layers * slots * slots * attention.self_attention_shape().out_heads
+    return exps
+
+
 def child_machine() -> dict:
     """This machine's fp32 GEMM rate (GFLOP/s) and read bandwidth (GB/s, fp32 matrix-vector product)."""
     import mlx.core as mx
@@ -414,9 +432,13 @@ def child_machine() -> dict:
     matrix, vector = mx.random.normal((rows, cols)), mx.random.normal((cols,))
     mx.eval(matrix, vector)
     gemv = min(_timed(lambda: matrix @ vector) for _ in range(5))
+    scores = mx.random.normal((1 << 24,))  # 64 MiB: exp's own speed, not the memory's
+    mx.eval(scores)
+    exp = min(_timed(lambda: mx.exp(scores)) for _ in range(5))
     return {
         "fp32_gemm_gflops": 2 * size**3 / gemm / 1e9,
         "read_bandwidth_gbps": matrix.nbytes / gemv / 1e9,
+        "exp_ns_per_element": exp / scores.size * 1e9,
         "machine": machine_info(),
     }
 
@@ -503,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     machine, _ = locked([python, __file__, "--child", "machine"])
     print(
         f"fp32 GEMM {machine['fp32_gemm_gflops']:.1f} GFLOP/s, "
-        f"read bandwidth {machine['read_bandwidth_gbps']:.2f} GB/s",
+        f"read bandwidth {machine['read_bandwidth_gbps']:.2f} GB/s, MLX exp {machine['exp_ns_per_element']:.1f} ns",
         flush=True,
     )
     records = []
@@ -561,7 +583,8 @@ def tables(machine: dict, records: list[dict]) -> str:
         f"Machine: {info.get('cpu', info.get('chip', '?'))}, {info.get('cores', '?')} cores (shared with other jobs), "
         f"MLX {info.get('mlx_version', '?')} CPU, BLAS {info.get('blas', '?')}. "
         f"Measured fp32 GEMM rate {machine['fp32_gemm_gflops']:.1f} GFLOP/s (2048^3), read bandwidth "
-        f"{machine['read_bandwidth_gbps']:.2f} GB/s (fp32 matrix-vector product over 512 MiB). "
+        f"{machine['read_bandwidth_gbps']:.2f} GB/s (fp32 matrix-vector product over 512 MiB), MLX's CPU `exp` "
+        f"{machine.get('exp_ns_per_element', float('nan')):.1f} ns per element (2^24 elements). "
         "Command: `.venv/bin/python benchmarks/real_size/run.py`. Random weights; one turn, answers forced.",
         "",
         "## The turn",
@@ -606,18 +629,24 @@ def tables(machine: dict, records: list[dict]) -> str:
         "",
         "## One memory update by component (s)",
         "",
-        "| model | precision | total | FLOPs (G) | at the GEMM rate (s) | total / FLOP time | "
-        + " | ".join(pieces)
-        + " |",
-        "|---|---|---:|---:|---:|---:|" + "---:|" * len(pieces),
+        "FLOP time: the matrix products at the measured GEMM rate. Exp time: the softmax elements at "
+        "MLX's measured `exp` rate (single-threaded and scalar on this CPU). Their sum is the floor the "
+        "update cannot beat on this backend.",
+        "",
+        "| model | precision | total | FLOPs (G) | at the GEMM rate (s) | total / FLOP time | softmax exps (G) | "
+        "at MLX's exp rate (s) | total / (FLOP + exp time) | " + " | ".join(pieces) + " |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(pieces),
     ]
     for record in runnable:
         flop_seconds = record["memory_update_flops"] / (machine["fp32_gemm_gflops"] * 1e9)
+        exps = record.get("memory_update_exps", 0)
+        exp_seconds = exps * machine.get("exp_ns_per_element", float("nan")) / 1e9
         values = [f"{record['memory_update_pieces_seconds'].get(name, 0.0):.2f}" for name in pieces]
         lines.append(
             f"| {record['model']} | {record['precision']} | {record['memory_update_seconds']:.1f} | "
             f"{record['memory_update_flops'] / 1e9:.0f} | {flop_seconds:.2f} | "
-            f"{record['memory_update_seconds'] / flop_seconds:.1f}x | " + " | ".join(values) + " |"
+            f"{record['memory_update_seconds'] / flop_seconds:.1f}x | {exps / 1e9:.2f} | {exp_seconds:.2f} | "
+            f"{record['memory_update_seconds'] / (flop_seconds + exp_seconds):.1f}x | " + " | ".join(values) + " |"
         )
     chips = list(APPLE_GBPS)
     lines += [
