@@ -77,7 +77,9 @@ class TrainConfig:
     ``fixed`` (always ``rxt_mlx`` ``initial_stm(seed=stm_seed)``, the STM a ``Session`` starts
     from). ``curriculum_steps``: SFT/SMAT conversations grow from 2 turns to
     ``min_turns..max_turns`` over that many steps. ``recall_weight``: loss weight of the answer
-    tokens of recall questions. ``truncate``: detach the STM every that many turns in SMAT.
+    tokens of recall questions; ``statement_weight``: of the acknowledgements of statements (they
+    repeat the value, and what the model answers there is what its memory update encodes) and of
+    the answers to questions about facts never stated. ``truncate``: detach the STM every that many turns in SMAT.
     ``memory_gate``: ``elementwise`` (sigmoid of a per-slot scale times the slot's mean) or
     ``linear`` (sigmoid of a linear map over slots of a learned ``Linear(D, 1)`` slot status, so
     a slot decides from its content whether to keep its data or take the new), with bias or
@@ -117,6 +119,7 @@ class TrainConfig:
     stm_init: str = "random"
     curriculum_steps: int = 0
     recall_weight: float = 1.0
+    statement_weight: float = 1.0
     stm_seed: int = 0
     weight_decay: float = 0.01
     warmup_steps: int = 50
@@ -454,10 +457,13 @@ class Trainer:
         turns = [turn.to(device) for turn in collate_conversations(self.tokenizer, conversations, pad)]
         stm = self.initial_stm(len(conversations), generator)
         if name == "sft":
-            return history_step(self.model, turns, stm, generator, self.config.recall_weight)
+            weights = {"recall_weight": self.config.recall_weight, "statement_weight": self.config.statement_weight}
+            return history_step(self.model, turns, stm, generator, **weights)
         if name == "memory":
             return memory_attention_step(self.model, turns, stm, generator)
-        return conversation_step(self.model, turns, stm, self.config.truncate, self.config.recall_weight)
+        return conversation_step(
+            self.model, turns, stm, self.config.truncate, self.config.recall_weight, self.config.statement_weight
+        )
 
     def initial_stm(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """STM_0 of a training conversation: fresh N(0, 1) (``random``) or Session's default (``fixed``)."""

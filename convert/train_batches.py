@@ -45,14 +45,17 @@ class InteractionTokenizer:
 class TurnBatch:
     """One turn of a batch of conversations (or a batch of independent interactions).
 
-    Shapes: ``input_ids``, ``attention_mask`` ``(B, T)``; ``answer_mask``, ``recall_mask``
-    ``(B, T-1)`` aligned with the targets ``input_ids[:, 1:]``; ``active`` ``(B,)``.
+    Shapes: ``input_ids``, ``attention_mask`` ``(B, T)``; ``answer_mask``, ``recall_mask`` (the
+    answers of recall questions), ``statement_mask`` (the answers of statements and of questions
+    about facts never stated) ``(B, T-1)`` aligned with the targets ``input_ids[:, 1:]``;
+    ``active`` ``(B,)``.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     answer_mask: torch.Tensor
     recall_mask: torch.Tensor
+    statement_mask: torch.Tensor
     active: torch.Tensor
 
     def to(self, device: torch.device | str) -> TurnBatch:
@@ -72,6 +75,7 @@ def collate_turns(tokenizer: InteractionTokenizer, turns: list[Turn | None], pad
     attention_mask = torch.zeros((batch, length), dtype=torch.bool)
     answer_mask = torch.zeros((batch, length - 1), dtype=torch.bool)
     recall_mask = torch.zeros((batch, length - 1), dtype=torch.bool)
+    statement_mask = torch.zeros((batch, length - 1), dtype=torch.bool)
     for row, ((ids, answer_start), turn) in enumerate(zip(encoded, turns, strict=True)):
         if turn is None:
             # one visible PAD token: a fully masked row would make attention NaN (and its gradients)
@@ -82,8 +86,10 @@ def collate_turns(tokenizer: InteractionTokenizer, turns: list[Turn | None], pad
         answer_mask[row, answer_start - 1 : len(ids) - 1] = True
         if turn.kind == "question":
             recall_mask[row, answer_start - 1 : len(ids) - 1] = True
+        elif turn.kind in ("statement", "not_told"):
+            statement_mask[row, answer_start - 1 : len(ids) - 1] = True
     active = torch.tensor([turn is not None for turn in turns])
-    return TurnBatch(input_ids, attention_mask, answer_mask, recall_mask, active)
+    return TurnBatch(input_ids, attention_mask, answer_mask, recall_mask, statement_mask, active)
 
 
 def collate_conversations(

@@ -55,8 +55,9 @@ def decoder_loss(logits: torch.Tensor, batch: TurnBatch, mask: torch.Tensor) -> 
 class AnswerScore:
     """Weighted answer loss and teacher-forced recall over the turns of a batch of conversations.
 
-    Answer tokens of recall questions weigh ``recall_weight`` times the others; a question is
-    recalled when every token of its answer is the argmax.
+    Answer tokens of recall questions weigh ``recall_weight`` times the others, those of
+    statements (whose acknowledgement repeats the value) and of questions about facts never stated
+    ``statement_weight`` times; a question is recalled when every token of its answer is the argmax.
     """
 
     def __init__(self, device: torch.device):
@@ -65,9 +66,10 @@ class AnswerScore:
         self.recalled = 0
         self.questions = 0
 
-    def add(self, logits: torch.Tensor, batch: TurnBatch, recall_weight: float) -> None:
+    def add(self, logits: torch.Tensor, batch: TurnBatch, recall_weight: float, statement_weight: float = 1.0) -> None:
         per_token, correct = decoder_loss(logits, batch, batch.answer_mask)
         weights = batch.answer_mask.float() + (recall_weight - 1) * batch.recall_mask.float()
+        weights = weights + (statement_weight - 1) * batch.statement_mask.float()
         self.total = self.total + (per_token * weights).sum()
         self.count += float(weights.sum())
         is_question = batch.recall_mask.any(dim=1)
@@ -120,6 +122,7 @@ def history_step(
     generator: torch.Generator,
     recall_weight: float = 1.0,
     noise: float = 0.1,
+    statement_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 2: interaction SFT where the decoder reads the conversation's encoded history.
 
@@ -132,7 +135,7 @@ def history_step(
     score = AnswerScore(stm.device)
     for batch in turns:
         logits = model.decoder(batch.input_ids, torch.cat(memory, dim=2))
-        score.add(logits, batch, recall_weight)
+        score.add(logits, batch, recall_weight, statement_weight)
         hidden = model.encoder(batch.input_ids, batch.attention_mask)
         hidden = hidden + noise * torch.randn(hidden.shape, generator=generator).to(hidden.device)
         memory.append(hidden * (batch.attention_mask & batch.active[:, None])[None, :, :, None])
@@ -167,18 +170,23 @@ def memory_attention_step(
 
 
 def conversation_step(
-    model, turns: list[TurnBatch], stm: torch.Tensor, truncate: int | None = None, recall_weight: float = 1.0
+    model,
+    turns: list[TurnBatch],
+    stm: torch.Tensor,
+    truncate: int | None = None,
+    recall_weight: float = 1.0,
+    statement_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 4: answer every turn from the previous STM, update the STM, backprop through it.
 
-    Answer tokens of recall questions weigh ``recall_weight`` times the others.
+    Answer tokens weigh as :class:`AnswerScore` says.
     """
     score = AnswerScore(stm.device)
     for index, batch in enumerate(turns):
         if truncate and index and index % truncate == 0:
             stm = stm.detach()
         logits = model.decoder(batch.input_ids, stm)
-        score.add(logits, batch, recall_weight)
+        score.add(logits, batch, recall_weight, statement_weight)
         if index + 1 < len(turns):
             new_stm = model.update_memory(stm, batch.input_ids, batch.attention_mask)
             stm = torch.where(batch.active[None, :, None, None], new_stm, stm)

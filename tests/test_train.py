@@ -198,3 +198,30 @@ def test_rxt_eval_scores_every_question(trained, tmp_path):
     assert report["recall"]["memory"]["all"]["chance"] == pytest.approx(heldout_chance)
     assert report["answer_perplexity"] > 1 and np.isfinite(report["answer_perplexity"])
     assert [t["query"] for t in report["example"]] == [t.query for t in conversations[0].turns]
+
+
+class _FixedTokenizer:
+    """Every interaction is 6 ids whose answer starts at index 3."""
+
+    def interaction(self, turn):
+        return [2, 5, 6, 7, 8, 3], 3
+
+
+def test_statement_weight_weighs_acknowledgements_and_not_told_answers():
+    from rxt_convert.train_batches import collate_turns
+    from rxt_convert.train_stages import AnswerScore
+
+    kinds = ["statement", "question", "smalltalk", "not_told"]
+    batch = collate_turns(_FixedTokenizer(), [dialogues.Turn("q", "a", kind) for kind in kinds], pad_id=0)
+    assert batch.recall_mask.any(dim=1).tolist() == [False, True, False, False]
+    assert batch.statement_mask.any(dim=1).tolist() == [True, False, False, True]
+    assert batch.statement_mask[0].tolist() == batch.answer_mask[0].tolist() == [False, False, True, True, True]
+    logits = torch.randn(4, 6, 10, generator=torch.Generator().manual_seed(0))
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch.targets, reduction="none")
+    row_loss = (per_token * batch.answer_mask).sum(dim=1)  # 3 answer tokens a row
+    for recall_weight, statement_weight in ((1.0, 1.0), (5.0, 1.0), (5.0, 3.0)):
+        score = AnswerScore(torch.device("cpu"))
+        score.add(logits, batch, recall_weight, statement_weight)
+        weights = torch.tensor([statement_weight, recall_weight, 1.0, statement_weight])
+        expected = (row_loss * weights).sum() / (3 * weights.sum())
+        assert score.loss.item() == pytest.approx(expected.item(), rel=1e-6)
