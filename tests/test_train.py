@@ -196,6 +196,14 @@ def test_rxt_eval_scores_every_question(trained, tmp_path):
         ]
     )
     assert report["recall"]["memory"]["all"]["chance"] == pytest.approx(heldout_chance)
+    facts = [t.slot for c in conversations for _, t in c.questions if t.distance <= 6]
+    by_fact = report["by_fact"]
+    assert {slot: entry["recall_1_6"]["questions"] for slot, entry in by_fact.items() if slot in facts} == {
+        slot: facts.count(slot) for slot in facts
+    }
+    assert sum(entry["recall_1_6"]["questions"] for entry in by_fact.values()) == len(facts)
+    statements = [t for c in conversations for t in c.turns if t.kind == "statement"]
+    assert sum(entry["acknowledged"]["questions"] for entry in by_fact.values()) == len(statements)
     assert report["answer_perplexity"] > 1 and np.isfinite(report["answer_perplexity"])
     assert [t["query"] for t in report["example"]] == [t.query for t in conversations[0].turns]
 

@@ -91,6 +91,8 @@ class EvalResult:
     answers_exact: int = 0
     answers: int = 0
     not_told: RecallTally = field(default_factory=RecallTally)
+    by_fact: dict[str, RecallTally] = field(default_factory=lambda: defaultdict(RecallTally))
+    acknowledged: dict[str, RecallTally] = field(default_factory=lambda: defaultdict(RecallTally))
     too_long: int = 0
     nll: float = 0.0
     answer_tokens: int = 0
@@ -119,6 +121,10 @@ class EvalResult:
             "recall": recall,
             "answers_exact": self.answers_exact / max(self.answers, 1),
             "not_told": self.not_told.to_dict(),
+            "by_fact": {
+                slot: {"recall_1_6": self.by_fact[slot].to_dict(), "acknowledged": self.acknowledged[slot].to_dict()}
+                for slot in sorted(self.by_fact.keys() | self.acknowledged.keys())
+            },
             "too_long": self.too_long,
             "answer_perplexity": self.perplexity,
             "answer_tokens": self.answer_tokens,
@@ -149,6 +155,13 @@ class EvalResult:
             lines.append(
                 f"questions about facts never stated, answered as not told: {told:.1%} of {self.not_told.questions}"
             )
+        if self.by_fact:
+            lines.append("by fact: exact recall 1-6 turns back / statements acknowledged exactly:")
+            for slot in sorted(self.by_fact.keys() | self.acknowledged.keys()):
+                recalled, acknowledged = self.by_fact[slot], self.acknowledged[slot]
+                recall = f"{recalled.to_dict()['exact']:>7.1%} of {recalled.questions:<5}" if recalled.questions else ""
+                acknowledged = f"{acknowledged.to_dict()['exact']:>7.1%} of {acknowledged.questions}"
+                lines.append(f"{slot:>10} {recall:<16}{acknowledged}")
         lines += [
             f"all answers exact (memory carried): {self.answers_exact / max(self.answers, 1):.1%} of {self.answers}",
             f"answer perplexity (teacher-forced, memory carried): {self.perplexity:.3f} "
@@ -200,11 +213,16 @@ def evaluate_recall(model, tokenizer, conversations, result: EvalResult, split: 
                 result.transcript.append({"query": turn.query, "answer": answer, "expected": turn.answer})
             if turn.kind == "not_told":
                 result.not_told.add(correct, correct, 0.0)
+            if turn.kind == "statement" and turn.slot:
+                fact = "two facts" if "+" in turn.slot else turn.slot  # "name+city": both in one message
+                result.acknowledged[fact].add(correct, entity_match(answer, turn.values), 0.0)
             if turn.kind != "question" or turn.distance is None:
                 continue
             chance = chance_of(turn, split, slots)
             name = distance_bin(turn.distance)
             result.recall["memory"][name].add(correct, entity_match(answer, turn.values), chance)
+            if name in TARGET_BINS:
+                result.by_fact[turn.slot or "?"].add(correct, entity_match(answer, turn.values), chance)
             ablated = answer_if_it_fits(Session(model, tokenizer, stm=initial), turn.query, args.max_tokens, result)
             result.recall["ablated"][name].add(
                 exact_match(ablated, turn.answer), entity_match(ablated, turn.values), chance
