@@ -33,8 +33,8 @@ start=$(date +%s)
 # 7. natural dialogues (issue 18): real names, cities, jobs, colors and foods from the data packages,
 #    free-form filler lines with short generic replies, two facts in one message, questions about facts
 #    never stated, 256 tokens per interaction. Starts from segment 6's MLX folder. The 3000-step schedule
-#    is run in parts across sessions: each part pauses at the config's stop_at; the next raises stop_at
-#    and continues with the same command plus --resume (the committed run folder is
+#    was run in three parts across two sessions: a part pauses at the config's stop_at; the next raises
+#    stop_at and continues with the same command plus --resume (the committed run folder is
 #    benchmarks/demo_training/7-natural).
 "$BIN/rxt-train" --config configs/demo_natural.json --out "$RUN/7-natural" \
     --tokenizer "$RUN/1-joint-sft/tokenizer.model" --init-from "$RUN/6-mlx" --start-stage smat

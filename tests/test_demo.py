@@ -114,16 +114,16 @@ def test_demo_recalls_handwritten_heldout_facts(demo):
                 assert answer == expected, f"{query!r}: got {answer!r}"
 
 
-# Measured on the shipped demo (rxt_mlx/demo/README.md, "Natural conversations"): these 8 of the
-# 14 answers come back exactly. The others: "I'm from Karlsruhe and my name is Stig." is taken as
-# the name Karlsruhe; "What's my favourite colour?" (British spelling, held out) gets the food;
-# "Oh, right. I'm Letitia." is taken for a job; "We have a dog, Sigmund." for a remark; and a city
-# never stated after a name is invented instead of "not told".
+# Measured on the shipped demo (rxt_mlx/demo/README.md, "Natural conversations"): these 9 of the
+# 14 answers come back exactly. The others: Stig and Karlsruhe (stated in one message) come back
+# misspelt ("Stigo", "Karemruhe"); "What's my favourite colour?" (British spelling, held out) gets
+# the food, and the food then comes back misspelt; "We have a dog, Sigmund." is taken for a remark.
 NATURAL_RECALLED = {
     "Your pet is a cat named Viggo.",
     "You work as a pharmacologist.",
-    "Your favourite food is miso.",
     "You have not told me your name yet.",
+    "Your name is Letitia.",
+    "You have not told me where you live yet.",
     "Your lucky number is 671.",
     "You live in Coventry.",
     "Your favourite food is fennel.",
