@@ -457,8 +457,9 @@ class Trainer:
         turns = [turn.to(device) for turn in collate_conversations(self.tokenizer, conversations, pad)]
         stm = self.initial_stm(len(conversations), generator)
         if name == "sft":
-            weights = {"recall_weight": self.config.recall_weight, "statement_weight": self.config.statement_weight}
-            return history_step(self.model, turns, stm, generator, **weights)
+            return history_step(
+                self.model, turns, stm, generator, self.config.recall_weight, self.config.statement_weight
+            )
         if name == "memory":
             return memory_attention_step(self.model, turns, stm, generator)
         return conversation_step(

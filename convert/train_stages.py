@@ -121,8 +121,8 @@ def history_step(
     stm: torch.Tensor,
     generator: torch.Generator,
     recall_weight: float = 1.0,
-    noise: float = 0.1,
     statement_weight: float = 1.0,
+    noise: float = 0.1,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 2: interaction SFT where the decoder reads the conversation's encoded history.
 

@@ -392,10 +392,9 @@ def update_flops(model, tokens: int) -> int:
     )
     main = attention.main_attention_shape()
     flops += layers * attention_flops(main, slots, tokens)
-    if config.memory_attention_variant in ("interlayer", "self-interlayer", "grouped-self-interlayer"):
-        flops += layers * attention_flops(attention.interlayer_attention_shape(), slots, slots)
-    elif config.memory_attention_variant == "self":
-        flops += layers * attention_flops(attention.self_attention_shape(), slots, slots)
+    slot_attention = slot_attention_shape(config)
+    if slot_attention is not None:
+        flops += layers * attention_flops(slot_attention, slots, slots)
     cross = config.decoder.cross_attention_shape()
     flops += layers * 2 * 2 * slots * dim * cross.kv_heads * cross.head_dim
     return flops
@@ -411,11 +410,21 @@ def update_exps(model, tokens: int) -> int:
     layers, slots, _ = config.stm_shape
     exps = encoder.num_layers * tokens * tokens * encoder.self_attention_shape().out_heads
     exps += layers * slots * tokens * attention.main_attention_shape().out_heads
-    if config.memory_attention_variant in ("interlayer", "self-interlayer", "grouped-self-interlayer"):
-        exps += layers * slots * slots * attention.interlayer_attention_shape().out_heads
-    elif config.memory_attention_variant == "self":
-        exps += layers * slots * slots * attention.self_attention_shape().out_heads
+    slot_attention = slot_attention_shape(config)
+    if slot_attention is not None:
+        exps += layers * slots * slots * slot_attention.out_heads
     return exps
+
+
+def slot_attention_shape(config):
+    """The shape of the memory attention's slots x slots step (interlayer or self), None for ``simple``."""
+    from rxt_mlx.memory_attention import INTERLAYER_VARIANTS
+
+    if config.memory_attention_variant in INTERLAYER_VARIANTS:
+        return config.memory_attention.interlayer_attention_shape()
+    if config.memory_attention_variant == "self":
+        return config.memory_attention.self_attention_shape()
+    return None
 
 
 def child_machine() -> dict:

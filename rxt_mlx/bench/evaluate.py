@@ -160,8 +160,8 @@ class EvalResult:
             for slot in sorted(self.by_fact.keys() | self.acknowledged.keys()):
                 recalled, acknowledged = self.by_fact[slot], self.acknowledged[slot]
                 recall = f"{recalled.to_dict()['exact']:>7.1%} of {recalled.questions:<5}" if recalled.questions else ""
-                acknowledged = f"{acknowledged.to_dict()['exact']:>7.1%} of {acknowledged.questions}"
-                lines.append(f"{slot:>10} {recall:<16}{acknowledged}")
+                acknowledgement = f"{acknowledged.to_dict()['exact']:>7.1%} of {acknowledged.questions}"
+                lines.append(f"{slot:>10} {recall:<16}{acknowledgement}")
         lines += [
             f"all answers exact (memory carried): {self.answers_exact / max(self.answers, 1):.1%} of {self.answers}",
             f"answer perplexity (teacher-forced, memory carried): {self.perplexity:.3f} "
