@@ -173,3 +173,13 @@ def test_fresh_letter_draws_are_pinned():
     rng = random.Random("pin")
     drawn = [slot.sample("train", rng)["v"] for _ in range(8)]
     assert drawn == ["ren", "duvile", "wilin", "zezoba", "dohangs", "prookyiv", "wiso", "brow"]
+
+
+def test_rxt_eval_reports_a_damaged_jsonl_file_in_one_line(tmp_path, capsys):
+    from rxt_mlx.bench.cli import evaluate
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"turns": [\n')
+    assert evaluate(["--data", str(path)]) == 1
+    expected = f"rxt-eval: error: {path}:1: not valid JSON (Expecting value: line 2 column 1 (char 12))\n"
+    assert capsys.readouterr().err == expected

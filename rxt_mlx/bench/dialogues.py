@@ -36,9 +36,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rxt_mlx.bench.free_chat import NOT_TOLD, FreeChat
+from rxt_mlx.errors import RxTError
 
 SPLITS = ("train", "heldout")
 HELDOUT_FRACTION = 5  # one value in HELDOUT_FRACTION goes to the held-out split
+
+
+class DialogueDataError(RxTError, ValueError):
+    """A JSONL conversations file that :func:`load_jsonl` cannot read; the message names the line."""
 
 
 @dataclass(frozen=True)
@@ -687,7 +692,7 @@ def iterate_conversations(split: str = "train", seed: int = 0, **kwargs) -> Iter
 
 def _turn_from_dict(data: dict, where: str) -> Turn:
     if not isinstance(data, dict) or not isinstance(data.get("query"), str) or not isinstance(data.get("answer"), str):
-        raise ValueError(f"{where}: a turn must be an object with string 'query' and 'answer', got {data!r}")
+        raise DialogueDataError(f"{where}: a turn must be an object with string 'query' and 'answer', got {data!r}")
     values = data.get("values") or ()
     if isinstance(values, str):
         values = (values,)
@@ -713,10 +718,10 @@ def load_jsonl(path: str | Path) -> list[Conversation]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error})") from None
+                raise DialogueDataError(f"{where}: not valid JSON ({error})") from None
             turns = record.get("turns") if isinstance(record, dict) else None
             if not isinstance(turns, list) or not turns:
-                raise ValueError(f"{where}: expected an object with a non-empty 'turns' list")
+                raise DialogueDataError(f"{where}: expected an object with a non-empty 'turns' list")
             conversations.append(
                 Conversation(tuple(_turn_from_dict(t, f"{where} turn {i}") for i, t in enumerate(turns)))
             )
