@@ -32,7 +32,14 @@ from tqdm import tqdm
 import rxt_mlx
 from rxt_mlx.bench import dialogues
 from rxt_mlx.bench.free_chat import FreeChat
-from rxt_mlx.config import MemoryAttentionConfig, RxTConfig, TokenizerConfig, TransformerConfig
+from rxt_mlx.config import (
+    ConfigError,
+    MemoryAttentionConfig,
+    RxTConfig,
+    TokenizerConfig,
+    TransformerConfig,
+    check_json_types,
+)
 
 from .bench_reference import load_mlx_weights_into
 from .reference import RxTReference
@@ -141,7 +148,14 @@ class TrainConfig:
             raise SystemExit(f"{where}: memory_gate must be 'elementwise' or 'linear', got {values['memory_gate']!r}")
         if values.get("stm_init", "random") not in ("random", "fixed"):
             raise SystemExit(f"{where}: stm_init must be 'random' or 'fixed', got {values['stm_init']!r}")
-        return cls(**{**values, "stages": {name: StageConfig(**stage) for name, stage in stages.items()}})
+        config = cls(**{**values, "stages": {name: StageConfig(**stage) for name, stage in stages.items()}})
+        try:
+            check_json_types(config, where)
+            for name, stage in config.stages.items():
+                check_json_types(stage, f"{where} stages.{name}")
+        except ConfigError as error:
+            raise SystemExit(str(error)) from None
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -102,7 +102,7 @@ def _from_dict(cls, values: dict[str, Any], where: str):
         config = cls(**known)
     except TypeError as error:
         raise ConfigError(f"{where}: {error}") from None
-    _check_types(config, where)
+    check_json_types(config, where)
     return config
 
 
@@ -119,7 +119,7 @@ _JSON_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
-def _check_types(config, where: str) -> None:
+def check_json_types(config, where: str) -> None:
     """Every field holds the JSON type its annotation names (``X | None`` also allows null)."""
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)
@@ -411,7 +411,7 @@ class RxTConfig:
             system_prompt_title=values.get("system_prompt_title") or "SYSTEM INSTRUCTIONS",
             extra={k: v for k, v in values.items() if k in ("format", "format_version", "quantization")},
         )
-        _check_types(config, "config.json")
+        check_json_types(config, "config.json")
         config.validate()
         return config
 

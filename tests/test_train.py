@@ -233,3 +233,16 @@ def test_statement_weight_weighs_acknowledgements_and_not_told_answers():
         weights = torch.tensor([statement_weight, recall_weight, 1.0, statement_weight])
         expected = (row_loss * weights).sum() / (3 * weights.sum())
         assert score.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"statement_weight": "heavy"}, "statement_weight must be a finite number, got 'heavy'"),
+        ({"stages": {"smat": {"lr": "fast"}}}, "stages.smat: lr must be a finite number, got 'fast'"),
+        ({"open_values": "yes"}, "open_values must be true or false, got 'yes'"),
+    ],
+)
+def test_training_config_values_of_the_wrong_type_are_refused(values, message):
+    with pytest.raises(SystemExit, match=message):
+        train.TrainConfig.from_dict(values, "cfg.json")
