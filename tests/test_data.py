@@ -183,3 +183,13 @@ def test_rxt_eval_reports_a_damaged_jsonl_file_in_one_line(tmp_path, capsys):
     assert evaluate(["--data", str(path)]) == 1
     expected = f"rxt-eval: error: {path}:1: not valid JSON (Expecting value: line 2 column 1 (char 12))\n"
     assert capsys.readouterr().err == expected
+
+
+@pytest.mark.parametrize("option", ["--conversations", "--max-tokens"])
+def test_rxt_eval_refuses_a_count_below_one(option, capsys):
+    from rxt_mlx.bench.cli import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate([option, "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"rxt-eval: error: {option} must be at least 1, got 0"

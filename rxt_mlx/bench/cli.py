@@ -7,10 +7,18 @@ line on stderr (:func:`rxt_mlx.errors.command`; ``--debug`` shows the traceback)
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from rxt_mlx.blas import preload_optimised_blas
 from rxt_mlx.errors import command
+
+
+def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Exit through ``parser.error`` (status 2, one line) when an option in ``names`` is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
 
 @command("rxt-bench")

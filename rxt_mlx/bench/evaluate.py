@@ -33,6 +33,7 @@ import mlx.core as mx
 
 import rxt_mlx
 from rxt_mlx.bench import dialogues
+from rxt_mlx.bench.cli import require_positive
 from rxt_mlx.bench.dialogues import PET_KINDS, entity_match, exact_match
 from rxt_mlx.session import AnswerDone, QueryTooLong, Session
 
@@ -285,7 +286,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stm-seed", type=int, default=0, help="seed of the initial STM (Session default: 0)")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    require_positive(parser, args, ("conversations", "max_tokens"))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

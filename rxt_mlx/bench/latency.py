@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rxt_mlx.bench.cli import require_positive
 from rxt_mlx.bench.systems import (
     RxTChat,
     Script,
@@ -359,9 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(argv: list[str] | None) -> BenchOptions:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("turns", "query_tokens", "answer_tokens", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_positive(parser, args, ("turns", "query_tokens", "answer_tokens", "repeats"))
     return BenchOptions(
         model=args.model,
         turns=args.turns,
